@@ -19,7 +19,7 @@ PARITY_ATOL = 5e-5
 def perturb_norms(model: DepthcurseLM) -> None:
     """Give the RMSNorm gains non-unit values so folding bugs cannot hide."""
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for _name, param in model.named_parameters():
             if param.ndim == 1:
                 param.add_(0.3 * torch.randn_like(param))
 
