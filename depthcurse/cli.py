@@ -17,6 +17,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def root() -> None:
+    """Train depth-grown transformers and measure how they use their depth."""
+
+
 @app.command()
 def presets() -> None:
     """List the model presets with their shapes and parameter counts."""
