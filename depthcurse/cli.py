@@ -27,11 +27,11 @@ def presets() -> None:
     """List the model presets with their shapes and parameter counts."""
     from depthcurse.config import PRESETS
 
-    typer.echo(f"{'preset':<14}{'layers':>7}{'d_model':>8}{'heads':>6}{'kv':>4}{'vocab':>7}{'params':>12}")
+    typer.echo(f"{'preset':<14}{'layers':>7}{'d_model':>8}{'heads':>6}{'kv':>4}{'vocab':>8}{'params':>15}")
     for name, cfg in PRESETS.items():
         typer.echo(
             f"{name:<14}{cfg.n_layers:>7}{cfg.d_model:>8}{cfg.n_heads:>6}{cfg.n_kv_heads:>4}"
-            f"{cfg.vocab_size:>7}{cfg.param_count():>12,}"
+            f"{cfg.vocab_size:>8}{cfg.param_count():>15,}"
         )
 
 

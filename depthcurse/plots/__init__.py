@@ -1,0 +1,1 @@
+"""Plot functions: each takes an analysis table (a pandas DataFrame) and returns a Figure."""
