@@ -30,7 +30,7 @@ class Estimate:
         return f"{self.value:.{digits}g} [{self.low:.{digits}g}, {self.high:.{digits}g}] (n={self.n}, {self.method})"
 
 
-def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Estimate:
+def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> Estimate:
     """Return the mean with a Student-t interval, the usual choice for a few seeds."""
     data = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
     n = len(data)
@@ -44,7 +44,7 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Estimate:
 
 
 def bootstrap_ci(
-    values: Sequence[float],
+    values: Sequence[float] | np.ndarray,
     statistic: Callable[[np.ndarray], float] = np.mean,
     *,
     confidence: float = 0.95,
