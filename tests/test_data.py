@@ -1,22 +1,32 @@
-"""Tests for the default corpus, the validation split and user corpora."""
+"""Tests for corpora, the validation split, the tokenizer and token files."""
 
 from __future__ import annotations
 
 import json
 import random
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tokenizers import Tokenizer, models
 
 from depthcurse.data import (
+    EOT_TOKEN,
     INSTALL_HINT,
     DataError,
     Document,
+    check_vocab,
     load_default_corpus,
     load_documents,
+    load_tokenizer,
+    open_tokens,
+    require_tokens,
+    separator_id,
     split_documents,
     strip_play_markdown,
+    train_tokenizer,
+    write_tokens,
 )
 from depthcurse.data import corpus as corpus_module
 
@@ -40,6 +50,20 @@ DEFAULT_VAL_DOCUMENTS = [
 @pytest.fixture(scope="session")
 def default_corpus() -> list[Document]:
     return load_default_corpus()
+
+
+@pytest.fixture(scope="session")
+def corpus_slice(default_corpus: list[Document]) -> list[Document]:
+    """Twenty documents cut to 4,000 characters each: real text, fast to train on."""
+    chosen = default_corpus[::5][:20]
+    return [Document(doc.name, doc.text[:4000]) for doc in chosen]
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer_path(corpus_slice: list[Document], tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
+    train_tokenizer(corpus_slice, vocab_size=512, path=path)
+    return path
 
 
 # ---------------------------------------------------------------------------
@@ -275,3 +299,140 @@ def test_folder_without_corpus_files_error(tmp_path) -> None:
     with pytest.raises(DataError, match="contains no") as info:
         load_documents(tmp_path)
     assert str(tmp_path) in str(info.value)
+
+
+# ---------------------------------------------------------------------------
+# Tokenizer
+
+
+def test_tokenizer_round_trip_real_text(
+    small_tokenizer_path, default_corpus: list[Document]
+) -> None:
+    tokenizer = load_tokenizer(small_tokenizer_path)
+    assert tokenizer.token_to_id(EOT_TOKEN) == 0
+    assert tokenizer.get_vocab_size() == 512
+    # Text the tokenizer was not trained on, with verse lines, blank lines and punctuation.
+    samples = [doc.text[5000:9000] for doc in default_corpus[1::17]]
+    samples.append("Ünïcödé — “quotes” and emoji 🙂\n\n\ttabs  and  spaces ")
+    for text in samples:
+        ids = tokenizer.encode(text).ids
+        assert tokenizer.decode(ids) == text
+
+
+def test_tokenizer_training_deterministic(corpus_slice: list[Document], tmp_path) -> None:
+    first = train_tokenizer(corpus_slice, vocab_size=512, path=tmp_path / "a.json")
+    second = train_tokenizer(corpus_slice, vocab_size=512, path=tmp_path / "b.json")
+    assert first.to_str() == second.to_str()
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+
+
+def test_train_tokenizer_rejects_tiny_vocab(corpus_slice: list[Document]) -> None:
+    with pytest.raises(DataError, match="vocab_size 200"):
+        train_tokenizer(corpus_slice, vocab_size=200)
+
+
+def test_check_vocab_names_numbers_and_file(small_tokenizer_path) -> None:
+    tokenizer = load_tokenizer(small_tokenizer_path)
+    check_vocab(tokenizer, 512, small_tokenizer_path)
+    with pytest.raises(DataError) as info:
+        check_vocab(tokenizer, 500, small_tokenizer_path)
+    message = str(info.value)
+    assert "512" in message
+    assert "500" in message
+    assert str(small_tokenizer_path) in message
+
+
+def test_load_tokenizer_errors(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="absent.json"):
+        load_tokenizer(tmp_path / "absent.json")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json", encoding="utf-8")
+    with pytest.raises(DataError, match="broken.json"):
+        load_tokenizer(broken)
+
+
+def test_separator_id_fallback_and_error() -> None:
+    with_eos = Tokenizer(models.WordLevel({"a": 0, "</s>": 1}, unk_token="a"))
+    assert separator_id(with_eos) == 1
+    without = Tokenizer(models.WordLevel({"a": 0}, unk_token="a"))
+    with pytest.raises(DataError, match="separator"):
+        separator_id(without, "plain.json")
+
+
+# ---------------------------------------------------------------------------
+# Token files
+
+
+@pytest.mark.parametrize(
+    ("vocab_size", "dtype"),
+    [(4096, np.uint16), (65536, np.uint16), (65537, np.uint32), (200_000, np.uint32)],
+)
+def test_token_store_round_trip(tmp_path, vocab_size: int, dtype) -> None:
+    ids = np.random.default_rng(0).integers(0, vocab_size, size=1000)
+    ids[0] = vocab_size - 1
+    path = tmp_path / "tokens.bin"
+
+    assert write_tokens(path, ids, vocab_size) == 1000
+
+    store = open_tokens(path)
+    assert len(store) == 1000
+    assert store.vocab_size == vocab_size
+    assert store.tokens.dtype == dtype
+    assert np.array_equal(store.tokens, ids)
+    assert path.stat().st_size == 32 + 1000 * np.dtype(dtype).itemsize
+
+
+def test_write_tokens_in_chunks(tmp_path) -> None:
+    chunks = [np.arange(5), np.arange(0), np.arange(100, 103)]
+    assert write_tokens(tmp_path / "t.bin", iter(chunks), 4096) == 8
+    assert open_tokens(tmp_path / "t.bin").tokens.tolist() == [0, 1, 2, 3, 4, 100, 101, 102]
+
+
+def test_write_tokens_rejects_out_of_range(tmp_path) -> None:
+    path = tmp_path / "t.bin"
+    with pytest.raises(DataError, match="token id 4096") as info:
+        write_tokens(path, iter([np.arange(10), np.array([4096])]), 4096)
+    assert "t.bin" in str(info.value)
+    assert not path.exists()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(DataError, match="token id -1"):
+        write_tokens(path, np.array([3, -1]), 4096)
+
+
+def test_truncated_token_file_rejected(tmp_path) -> None:
+    path = tmp_path / "train.bin"
+    write_tokens(path, np.arange(100), 4096)
+    data = path.read_bytes()
+
+    path.write_bytes(data[:-1])
+    with pytest.raises(DataError, match="truncated") as info:
+        open_tokens(path)
+    assert "train.bin" in str(info.value)
+
+    path.write_bytes(data[:10])
+    with pytest.raises(DataError, match="shorter than the header"):
+        open_tokens(path)
+
+
+def test_bad_magic_rejected(tmp_path) -> None:
+    path = tmp_path / "val.bin"
+    write_tokens(path, np.arange(100), 4096)
+    data = bytearray(path.read_bytes())
+    data[:8] = b"NOTTOKEN"
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="not a depthcurse token file") as info:
+        open_tokens(path)
+    assert "val.bin" in str(info.value)
+
+
+def test_require_tokens_names_split_and_counts(tmp_path) -> None:
+    path = tmp_path / "val.bin"
+    write_tokens(path, np.arange(10), 4096)
+    store = open_tokens(path)
+    require_tokens(store, 9)
+    with pytest.raises(DataError) as info:
+        require_tokens(store, 10)
+    message = str(info.value)
+    assert "val.bin" in message
+    assert "has 10 tokens" in message
+    assert "11" in message

@@ -1,8 +1,10 @@
-"""Text corpora for training and evaluation.
+"""Text corpora, the byte-level BPE tokenizer and token files.
 
 - `corpus`: the offline default corpus (Shakespeare's plays and the King James
   Bible), user corpora from files or Hugging Face datasets, and the fixed
   validation split.
+- `tokenizer`: training and loading `tokenizer.json` files.
+- `tokens`: memory-mapped token files.
 """
 
 from depthcurse.data.corpus import (
@@ -16,15 +18,32 @@ from depthcurse.data.corpus import (
     split_documents,
     strip_play_markdown,
 )
+from depthcurse.data.tokenizer import (
+    EOT_TOKEN,
+    check_vocab,
+    load_tokenizer,
+    separator_id,
+    train_tokenizer,
+)
+from depthcurse.data.tokens import TokenStore, open_tokens, require_tokens, write_tokens
 
 __all__ = [
+    "EOT_TOKEN",
     "INSTALL_HINT",
     "VAL_FRACTION",
     "DataError",
     "Document",
+    "TokenStore",
+    "check_vocab",
     "default_corpus_files",
     "load_default_corpus",
     "load_documents",
+    "load_tokenizer",
+    "open_tokens",
+    "require_tokens",
+    "separator_id",
     "split_documents",
     "strip_play_markdown",
+    "train_tokenizer",
+    "write_tokens",
 ]
