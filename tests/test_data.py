@@ -1,4 +1,4 @@
-"""Tests for corpora, the validation split, the tokenizer and token files."""
+"""Tests for corpora, the validation split, the tokenizer, token files and prepared data."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ from depthcurse.data import (
     INSTALL_HINT,
     DataError,
     Document,
+    PreparedData,
     check_vocab,
     load_default_corpus,
     load_documents,
     load_tokenizer,
     open_tokens,
+    prepare_data,
     require_tokens,
     separator_id,
     split_documents,
@@ -436,3 +438,136 @@ def test_require_tokens_names_split_and_counts(tmp_path) -> None:
     assert "val.bin" in message
     assert "has 10 tokens" in message
     assert "11" in message
+
+
+# ---------------------------------------------------------------------------
+# Prepared data
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path, corpus_slice: list[Document]):
+    """A folder of twenty real-text .txt files, one per document of the corpus slice."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for number, doc in enumerate(corpus_slice):
+        (folder / f"doc{number:02d}.txt").write_text(doc.text, encoding="utf-8")
+    return folder
+
+
+def _decoded_documents(prepared: PreparedData, split: str) -> list[str]:
+    tokenizer = load_tokenizer(prepared.tokenizer_path)
+    ids = prepared.open(split).tokens.tolist()
+    return tokenizer.decode(ids, skip_special_tokens=False).split(EOT_TOKEN)
+
+
+def test_prepare_data_tiny_corpus(tmp_path, tiny_corpus) -> None:
+    prepared = prepare_data(tmp_path / "out", source=tiny_corpus, vocab_size=512)
+
+    assert not prepared.reused
+    meta = json.loads(prepared.meta_path.read_text("utf-8"))
+    assert meta == prepared.meta
+    assert meta["vocab_size"] == 512
+    assert meta["source"] == str(tiny_corpus)
+    assert meta["documents"]["train"] + meta["documents"]["val"] == 20
+    assert meta["documents"]["val"] >= 1
+    assert meta["tokens"]["train"] == len(prepared.open("train"))
+    assert meta["tokens"]["val"] == len(prepared.open("val"))
+    assert len(meta["content_hash"]) == 64
+    assert prepared.open("train").tokens.dtype == np.uint16
+
+    # Decoding a split and cutting at the separator gives its documents back, in order.
+    documents = load_documents(tiny_corpus)
+    val_names = set(meta["val_documents"])
+    train_texts = [doc.text for doc in documents if doc.name not in val_names]
+    val_texts = [doc.text for doc in documents if doc.name in val_names]
+    assert _decoded_documents(prepared, "train") == train_texts
+    assert _decoded_documents(prepared, "val") == val_texts
+
+
+def test_prepare_data_reuses_folder(tmp_path, tiny_corpus) -> None:
+    out = tmp_path / "out"
+    prepare_data(out, source=tiny_corpus, vocab_size=512)
+    files = ["tokenizer.json", "train.bin", "val.bin", "meta.json"]
+    mtimes = {name: (out / name).stat().st_mtime_ns for name in files}
+
+    again = prepare_data(out, source=tiny_corpus, vocab_size=512)
+
+    assert again.reused
+    assert {name: (out / name).stat().st_mtime_ns for name in files} == mtimes
+
+
+def test_prepare_data_rebuilds_on_change(tmp_path, tiny_corpus) -> None:
+    out = tmp_path / "out"
+    first = prepare_data(out, source=tiny_corpus, vocab_size=512)
+
+    other_vocab = prepare_data(out, source=tiny_corpus, vocab_size=600)
+    assert not other_vocab.reused
+    assert other_vocab.meta["vocab_size"] == 600
+
+    with open(tiny_corpus / "doc00.txt", "a", encoding="utf-8") as handle:
+        handle.write("\nA line added after the first run.")
+    changed = prepare_data(out, source=tiny_corpus, vocab_size=600)
+    assert not changed.reused
+    assert changed.meta["content_hash"] != first.meta["content_hash"]
+
+
+def test_prepare_data_rebuilds_damaged_folder(tmp_path, tiny_corpus) -> None:
+    out = tmp_path / "out"
+    prepare_data(out, source=tiny_corpus, vocab_size=512)
+    data = (out / "train.bin").read_bytes()
+    (out / "train.bin").write_bytes(data[:-2])
+
+    again = prepare_data(out, source=tiny_corpus, vocab_size=512)
+
+    assert not again.reused
+    assert (out / "train.bin").read_bytes() == data
+
+
+def test_prepare_data_with_given_tokenizer(tmp_path, tiny_corpus, small_tokenizer_path) -> None:
+    prepared = prepare_data(
+        tmp_path / "out", source=tiny_corpus, vocab_size=1024, tokenizer_path=small_tokenizer_path
+    )
+    assert prepared.tokenizer_path.read_bytes() == small_tokenizer_path.read_bytes()
+    assert prepared.meta["tokenizer_vocab_size"] == 512
+    assert prepared.meta["tokenizer_hash"] is not None
+    assert prepared.meta["separator_id"] == 0
+
+    with pytest.raises(DataError) as info:
+        prepare_data(
+            tmp_path / "small", source=tiny_corpus, vocab_size=300,
+            tokenizer_path=small_tokenizer_path,
+        )
+    assert "512" in str(info.value)
+    assert "300" in str(info.value)
+
+
+def test_prepare_data_empty_corpus(tmp_path) -> None:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "blank.txt").write_text("\n\n", encoding="utf-8")
+    with pytest.raises(DataError, match="contains no text"):
+        prepare_data(tmp_path / "out", source=folder)
+    assert not (tmp_path / "out" / "meta.json").exists()
+
+
+def test_prepare_data_saved_hf_dataset(tmp_path, corpus_slice: list[Document]) -> None:
+    import datasets
+
+    texts = [doc.text for doc in corpus_slice]
+    datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "ds"))
+    prepared = prepare_data(tmp_path / "out", source=tmp_path / "ds", vocab_size=512)
+    assert prepared.meta["documents"]["train"] + prepared.meta["documents"]["val"] == 20
+    assert prepare_data(tmp_path / "out", source=tmp_path / "ds", vocab_size=512).reused
+
+
+@pytest.mark.slow
+def test_prepare_data_default_corpus(tmp_path) -> None:
+    prepared = prepare_data(tmp_path / "out")
+    meta = prepared.meta
+    assert meta["source"] == "default corpus"
+    assert meta["documents"] == {"train": 93, "val": 11}
+    assert meta["val_documents"] == DEFAULT_VAL_DOCUMENTS
+    assert meta["tokenizer_vocab_size"] == 4096
+    assert meta["tokens"]["train"] > 2_000_000
+    assert 0.04 < meta["tokens"]["val"] / meta["tokens"]["train"] < 0.07
+    assert prepare_data(tmp_path / "out").reused

@@ -1,10 +1,12 @@
-"""Text corpora, the byte-level BPE tokenizer and token files.
+"""Text corpora, the byte-level BPE tokenizer, token files and prepared data folders.
 
 - `corpus`: the offline default corpus (Shakespeare's plays and the King James
   Bible), user corpora from files or Hugging Face datasets, and the fixed
   validation split.
 - `tokenizer`: training and loading `tokenizer.json` files.
 - `tokens`: memory-mapped token files.
+- `prepare`: `prepare_data`, which turns a corpus into a folder with
+  `tokenizer.json`, `train.bin`, `val.bin` and `meta.json`, and reuses it later.
 """
 
 from depthcurse.data.corpus import (
@@ -18,6 +20,7 @@ from depthcurse.data.corpus import (
     split_documents,
     strip_play_markdown,
 )
+from depthcurse.data.prepare import PreparedData, prepare_data
 from depthcurse.data.tokenizer import (
     EOT_TOKEN,
     check_vocab,
@@ -33,6 +36,7 @@ __all__ = [
     "VAL_FRACTION",
     "DataError",
     "Document",
+    "PreparedData",
     "TokenStore",
     "check_vocab",
     "default_corpus_files",
@@ -40,6 +44,7 @@ __all__ = [
     "load_documents",
     "load_tokenizer",
     "open_tokens",
+    "prepare_data",
     "require_tokens",
     "separator_id",
     "split_documents",
