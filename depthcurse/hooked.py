@@ -12,6 +12,8 @@ string inputs default to no BOS as well (`cfg.default_prepend_bos = False`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,10 +86,11 @@ def load(
     come only from safetensors or GGUF and `trust_remote_code` is off.
     """
     resolved = resolve(source, stage=stage, step=step)
-    if resolved.kind == "gguf":
-        hf_model, tokenizer = _load_gguf(resolved.path, dtype)
-    else:
-        hf_model, tokenizer = _load_hf_folder(resolved.path, dtype)
+    with _quiet_transformers():
+        if resolved.kind == "gguf":
+            hf_model, tokenizer = _load_gguf(resolved.path, dtype)
+        else:
+            hf_model, tokenizer = _load_hf_folder(resolved.path, dtype)
     _check_finite(hf_model, resolved)
     info = _model_info(resolved, source, dtype)
     bridge = bridge_from_hf(hf_model, tokenizer, info, device=device)
@@ -115,6 +118,23 @@ def _model_info(resolved: ResolvedSource, source: str | Path, dtype: torch.dtype
     )
 
 
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' progress bars and info logs while loading, then restore them."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _load_hf_folder(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -139,12 +159,8 @@ def _load_hf_folder(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
 def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     """Dequantize a GGUF file through transformers' `gguf_file=` support (it uses `gguf`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     folder, name = path.parent, path.name
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
@@ -158,13 +174,13 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LoadError(f"transformers cannot load {path}: {first_line}") from err
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
     return model, tokenizer
 
 
 def _check_finite(model: torch.nn.Module, resolved: ResolvedSource) -> None:
+    """Reject NaN or Inf weights (our checkpoints were checked tensor by tensor already)."""
+    if resolved.kind == "depthcurse":
+        return
     for name, param in model.named_parameters():
         if not torch.isfinite(param).all():
             raise LoadError(
@@ -193,6 +209,9 @@ def bridge_from_hf(hf_model: Any, tokenizer: Any, info: ModelInfo, *, device: An
         hf_model, architecture, hf_config=hf_model.config, model_name=info.source
     )
     if tokenizer is not None:
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            # Batched `to_tokens` pads; EOS is the usual pad for decoder-only models.
+            tokenizer.pad_token = tokenizer.eos_token
         bridge.tokenizer = tokenizer
         prepends, appends = detect_tokenizer_bos_eos(tokenizer)
         bridge.cfg.tokenizer_prepends_bos = prepends
