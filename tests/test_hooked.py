@@ -94,6 +94,24 @@ def test_bridge_matches_training_model(small_config, tmp_path, ln_scaling):
     assert bridge.depthcurse_info.processing_steps == []
 
 
+def test_float64_load_matches_closely(small_config, tmp_path):
+    # Without LayerNorm Scaling: its factor is folded into the saved gains in
+    # float32, which would differ from the float64 product by float32 rounding.
+    model = DepthcurseLM(small_config).eval()
+    save_checkpoint(tmp_path / "c", model)
+    bridge = depthcurse.load(tmp_path / "c", dtype=torch.float64)
+    assert bridge.depthcurse_info.dtype == "float64"
+    tokens = torch.randint(0, small_config.vocab_size, (2, 12))
+    reference, _ = residuals_of(model.double(), tokens)
+    with torch.no_grad():
+        logits = bridge(tokens)
+    assert logits.dtype == torch.float64
+    # Both models hold the same weights, but transformers' eager attention
+    # takes its softmax in float32 even for float64 inputs (transformers 5.25),
+    # which leaves differences near 6e-8; the float32 bound is 5e-5.
+    torch.testing.assert_close(logits, reference, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("method", ["midas", "lidas"])
 @pytest.mark.parametrize("ln_scaling", [False, True])
 def test_grown_stages_match_training_model(small_config, tmp_path, method, ln_scaling):
@@ -234,6 +252,40 @@ def test_raising_hook_leaves_no_hook(small_bridge, small_config):
         with small_bridge.hooks(fwd_hooks=[("blocks.0.hook_attn_out", explode)]):
             small_bridge(tokens)
     assert attached_hooks(small_bridge) == 0
+    with torch.no_grad():
+        assert torch.equal(small_bridge(tokens), clean)
+
+
+def test_norm_hooks_still_observe_and_edit(small_bridge, small_config):
+    tokens = torch.randint(0, small_config.vocab_size, (2, 7))
+    with torch.no_grad():
+        clean = small_bridge(tokens)
+    names = ["blocks.1.hook_resid_pre", "blocks.1.ln1.hook_scale", "blocks.1.ln1.hook_normalized"]
+    logits, cache = small_bridge.run_with_cache(tokens, names_filter=names)
+    assert torch.equal(logits, clean)
+    resid = cache["blocks.1.hook_resid_pre"]
+    eps = small_config.norm_eps
+    expected_scale = (resid.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    torch.testing.assert_close(cache["blocks.1.ln1.hook_scale"], expected_scale, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        cache["blocks.1.ln1.hook_normalized"], resid / expected_scale, atol=1e-5, rtol=1e-5
+    )
+
+    def zero(activation, hook):
+        return torch.zeros_like(activation)
+
+    captured = []
+
+    def capture(activation, hook):
+        captured.append(activation.detach().clone())
+
+    hooks = [("blocks.1.ln1.hook_normalized", zero), ("blocks.1.hook_attn_out", capture)]
+    with torch.no_grad(), pytest.warns(UserWarning, match="edited hook_scale/hook_normalized"):
+        edited = small_bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+    # The edit reaches attention: a zero input gives zero values, and the
+    # projections have no bias, so the attention output is exactly zero.
+    assert torch.count_nonzero(captured[0]) == 0
+    assert not torch.allclose(edited, clean)
     with torch.no_grad():
         assert torch.equal(small_bridge(tokens), clean)
 
@@ -515,6 +567,17 @@ def test_smollm2_matches_transformers(smollm2):
     # Same dequantized weights and the same eager float32 kernels; the bridge
     # only adds hook points, so differences stay at float32 rounding level.
     torch.testing.assert_close(actual, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_gguf_file_resolved_with_note():
+    from depthcurse.sources import bundled_path, resolve
+
+    path = bundled_path("smollm2-135m")
+    resolved = resolve(path)
+    assert resolved.kind == "gguf"
+    assert resolved.path == path
+    assert "Q4_1 (210 tensors)" in resolved.note
 
 
 @pytest.mark.slow
