@@ -96,7 +96,7 @@ def train(
 
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-    if result.val_loss is not None:
+    if result.val_loss is not None and os.environ.get("RANK", "0") == "0":
         typer.echo(f"done: step {result.step}, val_loss {result.val_loss:.4f}, run in {out}")
 
 

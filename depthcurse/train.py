@@ -742,6 +742,9 @@ class Trainer:
             runner = DistributedDataParallel(self.model, device_ids=ids)
         self.ddp = runner if self.runtime.distributed else None
         if self.runtime.compile:
+            # Drop the previous stage's graphs: the grown model compiles afresh,
+            # and stale cache entries would count towards dynamo's recompile limit.
+            torch._dynamo.reset()
             runner = torch.compile(runner)
         self.runner = runner
         self.warm = not self.runtime.compile
@@ -867,6 +870,7 @@ class RunLog:
     def __init__(self, out: Path, enabled: bool, resume_step: int | None) -> None:
         self.enabled = enabled
         self.out = out
+        self.bar: Any = None
         if not enabled:
             return
         out.mkdir(parents=True, exist_ok=True)
@@ -875,7 +879,6 @@ class RunLog:
             self._truncate_metrics(resume_step)
         self.text = open(out / LOG_FILE, "a", buffering=1)
         self.metrics = open(self.metrics_path, "a", buffering=1)
-        self.bar = None
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric lines written after checkpoint `step` by a run that was killed."""
