@@ -33,8 +33,8 @@ def physical_cores() -> int:
     """Return the number of physical cores this process may run on.
 
     Counts distinct (package, core) pairs among the CPUs in the affinity mask,
-    so SMT siblings count once; falls back to the logical CPU count where
-    Linux's sysfs topology is unavailable.
+    so SMT siblings count once. Without Linux's sysfs topology it returns the
+    logical CPU count.
     """
     try:
         cpus = sorted(os.sched_getaffinity(0))

@@ -7,7 +7,7 @@ baseline's; the PROP-alpha schedule of MIDAS (Saunshi et al. 2024, arXiv
 operator from `depthcurse.growth` inserts one block of copied layers. The
 learning-rate schedule runs on the global step across stages.
 
-A run folder holds
+A run folder contains
 
 - ``run.json``: the resolved `TrainConfig`, the model config, the stage plan
   and the versions that started the run;
@@ -164,8 +164,8 @@ class TrainConfig:
     deterministic: bool = False
     """Deterministic algorithms and a fixed thread count, so a resumed run is bit-identical."""
     threads: int | None = None
-    """CPU threads per process; None means OMP_NUM_THREADS or the physical cores (1 when
-    deterministic)."""
+    """CPU threads per process. None means OMP_NUM_THREADS when set, else 1 when deterministic,
+    else the physical cores divided among the local processes."""
     peak_flops: float | None = None
     """Peak FLOP/s of one device for MFU; None looks the device up (see depthcurse.hardware)."""
     progress: bool = True
@@ -481,12 +481,12 @@ def saved_config(out: str | Path) -> dict[str, Any] | None:
 
 
 def check_run_folder(out: Path, cfg: TrainConfig, resume: bool) -> None:
-    """Raise TrainError unless `out` may hold this run: new and empty, or the same run with --resume."""
+    """Raise TrainError unless `out` is new or empty, or contains this same run and `resume` is set."""
     saved = saved_config(out)
     if saved is None:
         if resume:
             raise TrainError(
-                f"cannot resume: {out} holds no run ({RUN_FILE} not found); drop --resume to start one"
+                f"cannot resume: {out} contains no run ({RUN_FILE} not found); drop --resume to start one"
             )
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise TrainError(
@@ -495,7 +495,7 @@ def check_run_folder(out: Path, cfg: TrainConfig, resume: bool) -> None:
         return
     if not resume:
         raise TrainError(
-            f"{out} already holds a training run; pass --resume to continue it, or choose a new "
+            f"{out} already contains a training run; pass --resume to continue it, or choose a new "
             f"--out folder (runs are never overwritten)"
         )
     current = cfg.to_dict()
@@ -594,7 +594,7 @@ def _barrier(runtime: Runtime) -> None:
 
 
 def default_data_dir(cfg: TrainConfig, vocab_size: int) -> Path:
-    """Return the cache folder that holds the prepared corpus of a config without data_dir."""
+    """Return the cache folder for the prepared corpus of a config without data_dir."""
     root = Path(os.environ.get("DEPTHCURSE_CACHE", "~/.cache/depthcurse")).expanduser()
     if cfg.source is None:
         name = "default"

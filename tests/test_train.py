@@ -251,7 +251,7 @@ def test_loss_falls_on_learnable_corpus(corpus, tmp_path):
 def test_existing_run_not_overwritten(corpus, tmp_path):
     out = tmp_path / "run"
     train(small_config(corpus, max_steps=4), out)
-    with pytest.raises(TrainError, match="already holds a training run; pass --resume"):
+    with pytest.raises(TrainError, match="already contains a training run; pass --resume"):
         train(small_config(corpus, max_steps=4), out)
 
 
@@ -272,7 +272,7 @@ def test_resume_with_changed_config_rejected(corpus, tmp_path):
 
 
 def test_resume_without_run_rejected(corpus, tmp_path):
-    with pytest.raises(TrainError, match="holds no run"):
+    with pytest.raises(TrainError, match="contains no run"):
         train(small_config(corpus), tmp_path / "run", resume=True)
 
 
@@ -451,3 +451,10 @@ def test_ddp_two_processes_match_one(corpus, tmp_path):
         # Same global batch; only the order of float additions in the gradient
         # average differs, so the weights agree to float32 rounding after 8 steps.
         torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_recipes_load(recipe):
+    cfg = build_config(recipe=recipe).resolved()
+    plan = make_stage_plan(cfg, cfg.model_config())
+    assert sum(plan.lengths) == cfg.max_steps
