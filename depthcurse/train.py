@@ -31,6 +31,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import dataclasses  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
@@ -734,6 +735,11 @@ class Trainer:
 
     def _wrap(self) -> None:
         """Wrap the model for this stage: DDP under torchrun, then torch.compile when enabled."""
+        if getattr(self, "ddp", None) is not None:
+            # Free the previous stage's DDP wrapper now: its reducer's gradient
+            # hooks stay on the surviving parameters until it is destroyed.
+            self.ddp = self.runner = None
+            gc.collect()
         runner: nn.Module = self.model
         if self.runtime.distributed:
             from torch.nn.parallel import DistributedDataParallel
