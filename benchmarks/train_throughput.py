@@ -1,12 +1,12 @@
 """Training throughput (tokens/s, MFU) of `depthcurse train`, against nanoGPT on CPU.
 
 CPU mode (default): the `tiny` preset (8 layers, d_model 128, seq 256,
-batch 16) trains on random tokens, and nanoGPT's `train.py` trains its GPT
-of the same depth, width, heads, sequence and batch on the same tokens, in
-alternating subprocesses with the same thread count. Both report per-step
-times; the table shows median tokens/s, the ratio, and achieved FLOP/s
-under each model's own FLOP count (the two models differ slightly: SwiGLU
-and grouped-query attention here, GELU and full attention there).
+batch 16) trains on random tokens. nanoGPT's `train.py` trains its GPT of the
+same depth, width, heads, sequence and batch on the same tokens. The two run
+in alternating subprocesses with the same thread count, and both report
+per-step times. The table shows median tokens/s, their ratio, and achieved
+FLOP/s under each model's own FLOP count, because the two models differ
+slightly (SwiGLU and grouped-query attention here, GELU and full attention there).
 
 nanoGPT is not a dependency: pass the folder of a checkout of
 https://github.com/karpathy/nanoGPT with --nanogpt. Its `train.py`,

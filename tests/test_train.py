@@ -60,7 +60,7 @@ def corpus(tmp_path: Path) -> Path:
     return write_corpus(tmp_path / "data")
 
 
-def small_config(data: Path, **changes) -> TrainConfig:
+def run_config(data: Path, **changes) -> TrainConfig:
     values = dict(
         model=dict(SMALL_MODEL), growth="midas", data_dir=str(data), batch_size=4, max_steps=12,
         warmup_steps=2, eval_interval=6, eval_batches=2, checkpoint_interval=100, log_interval=3,
@@ -213,7 +213,7 @@ def test_weight_decay_only_on_matrices(small_config):
 
 def test_short_run_writes_run_folder(corpus, tmp_path):
     out = tmp_path / "run"
-    result = train(small_config(corpus), out)
+    result = train(run_config(corpus), out)
     assert result.step == 12
     info = json.loads((out / "run.json").read_text())
     assert info["config"]["block_size"] == 2
@@ -237,11 +237,24 @@ def test_short_run_writes_run_folder(corpus, tmp_path):
     assert final["tokens_seen"] == 12 * 128
     assert final["layer_sources"] == [0, 1, 0, 1]  # MIDAS copied block 1 after itself
     assert len(final["growth_history"]) == 1
-    assert "config" in (out / "train.log").read_text()
+    log = (out / "train.log").read_text()
+    assert log.startswith("depthcurse 0.1.0 | git ")
+    assert f"torch {torch.__version__}" in log
+    assert "device cpu" in log
+    assert '"growth": "midas"' in log  # the resolved config
+    assert "compute: this schedule uses 0.8" in log  # printed before the first step
+    assert log.index("compute:") < log.index("step 3/12")
+
+
+def test_grad_accumulation_counts_tokens(corpus, tmp_path):
+    result = train(run_config(corpus, grad_accum=3, max_steps=4, growth="none"), tmp_path / "run")
+    assert result.tokens_seen == 4 * 3 * 4 * 32
+    state = torch.load(tmp_path / "run" / "checkpoints" / "step-000004" / "training_state.pt")
+    assert state["sampler"]["batches_drawn"] == 12  # three micro-batches per step
 
 
 def test_loss_falls_on_learnable_corpus(corpus, tmp_path):
-    cfg = small_config(corpus, growth="none", max_steps=40, eval_interval=40, lr=1e-2)
+    cfg = run_config(corpus, growth="none", max_steps=40, eval_interval=40, lr=1e-2)
     result = train(cfg, tmp_path / "run")
     # A uniform guess over 64 tokens costs ln 64 = 4.16 nats; the 40-periodic pattern
     # with 10% noise is far more predictable than that.
@@ -250,9 +263,9 @@ def test_loss_falls_on_learnable_corpus(corpus, tmp_path):
 
 def test_existing_run_not_overwritten(corpus, tmp_path):
     out = tmp_path / "run"
-    train(small_config(corpus, max_steps=4), out)
+    train(run_config(corpus, max_steps=4), out)
     with pytest.raises(TrainError, match="already contains a training run; pass --resume"):
-        train(small_config(corpus, max_steps=4), out)
+        train(run_config(corpus, max_steps=4), out)
 
 
 def test_non_empty_folder_rejected(corpus, tmp_path):
@@ -260,32 +273,32 @@ def test_non_empty_folder_rejected(corpus, tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     with pytest.raises(TrainError, match="not an empty folder"):
-        train(small_config(corpus), out)
+        train(run_config(corpus), out)
     assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_resume_with_changed_config_rejected(corpus, tmp_path):
     out = tmp_path / "run"
-    train(small_config(corpus, max_steps=4), out)
+    train(run_config(corpus, max_steps=4), out)
     with pytest.raises(TrainError, match="lr: saved 0.003, now 0.001"):
-        train(small_config(corpus, max_steps=4, lr=1e-3), out, resume=True)
+        train(run_config(corpus, max_steps=4, lr=1e-3), out, resume=True)
 
 
 def test_resume_without_run_rejected(corpus, tmp_path):
     with pytest.raises(TrainError, match="contains no run"):
-        train(small_config(corpus), tmp_path / "run", resume=True)
+        train(run_config(corpus), tmp_path / "run", resume=True)
 
 
 def test_corpus_too_small(tmp_path):
     data = write_corpus(tmp_path / "data", train_tokens=20, val_tokens=20)
     with pytest.raises(TrainError, match="too small.*20 tokens"):
-        train(small_config(data), tmp_path / "run")
+        train(run_config(data), tmp_path / "run")
 
 
 def test_vocab_larger_than_model_rejected(corpus, tmp_path):
     model = dict(SMALL_MODEL, vocab_size=32)
     with pytest.raises(ConfigError, match="set model.vocab_size=64"):
-        train(small_config(corpus, model=model), tmp_path / "run")
+        train(run_config(corpus, model=model), tmp_path / "run")
 
 
 def test_nan_loss_stops_and_keeps_good_checkpoint(corpus, tmp_path, monkeypatch):
@@ -299,7 +312,7 @@ def test_nan_loss_stops_and_keeps_good_checkpoint(corpus, tmp_path, monkeypatch)
 
     monkeypatch.setattr(DepthcurseLM, "forward", poisoned)
     out = tmp_path / "run"
-    cfg = small_config(corpus, checkpoint_interval=5, eval_interval=100)
+    cfg = run_config(corpus, checkpoint_interval=5, eval_interval=100)
     with pytest.raises(TrainError, match=r"step 7 \(stage 2\): the loss is nan.*step-000005"):
         train(cfg, out)
     assert [step for step, _ in checkpoint_folders(out)] == [4, 5]
@@ -309,7 +322,7 @@ def test_nan_loss_stops_and_keeps_good_checkpoint(corpus, tmp_path, monkeypatch)
 
 def test_temp_and_incomplete_checkpoints_ignored(corpus, tmp_path):
     out = tmp_path / "run"
-    train(small_config(corpus, max_steps=4), out)
+    train(run_config(corpus, max_steps=4), out)
     root = out / "checkpoints"
     (root / ".step-000009.tmp-abcd1234").mkdir()  # a write killed before its rename
     (root / "step-000008").mkdir()  # not complete: no weights, metadata or state
@@ -319,7 +332,7 @@ def test_temp_and_incomplete_checkpoints_ignored(corpus, tmp_path):
 
 def test_copy_moments_option_resets_new_layers(corpus, tmp_path):
     out = tmp_path / "run"
-    cfg = small_config(corpus, max_steps=6, copy_moments=False)
+    cfg = run_config(corpus, max_steps=6, copy_moments=False)
     train(cfg, out)
     state = torch.load(out / "checkpoints" / "step-000006" / "training_state.pt")
     # PROP-1 gives stages of 2 and 4 steps. MIDAS appends copies of layers 0 and 1 at
@@ -342,7 +355,7 @@ def test_stage_checkpoints_open_in_transformers(corpus, tmp_path, growth, ln_sca
     from transformers import LlamaForCausalLM
 
     model = dict(SMALL_MODEL, n_layers=6, ln_scaling=ln_scaling)
-    cfg = small_config(corpus, growth=growth, model=model, max_steps=9, eval_interval=9)
+    cfg = run_config(corpus, growth=growth, model=model, max_steps=9, eval_interval=9)
     out = tmp_path / "run"
     train(cfg, out)
     folders = checkpoint_folders(out)
