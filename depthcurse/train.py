@@ -646,6 +646,11 @@ def open_data(cfg: TrainConfig, model_cfg: ModelConfig, runtime: Runtime) -> tup
 # The trainer
 
 
+def new_window() -> dict[str, Any]:
+    """Return empty sums for one metrics line: loss, grad norm, steps, timed seconds and tokens."""
+    return {"loss": 0.0, "grad_norm": 0.0, "steps": 0, "time": 0.0, "tokens": 0}
+
+
 @dataclass
 class TrainResult:
     """Outcome of `train`: where the run is and how it ended."""
@@ -682,6 +687,7 @@ class Trainer:
         self.tokens_seen = 0
         self.stage = 1
         self.resumed_from: Path | None = None
+        self.window = new_window()
         checkpoint = latest_checkpoint(out) if resume else None
         if checkpoint is None:
             torch.manual_seed(cfg.seed)
@@ -714,6 +720,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.cfg, self.runtime.device)
         load_optimizer_state(self.optimizer, self.model, state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
+        # The metric window open at the checkpoint, so a resumed run logs the same means.
+        self.window.update(state["log_window"])
         torch.set_rng_state(state["rng"]["torch"])
         if self.runtime.device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.runtime.device)
@@ -731,6 +739,7 @@ class Trainer:
             },
             "sampler": self.sampler.state_dict(),
             "rng": rng,
+            "log_window": {key: self.window[key] for key in ("loss", "grad_norm", "steps")},
         }
 
     def _wrap(self) -> None:
@@ -998,7 +1007,7 @@ def _fit(trainer: Trainer, log: RunLog) -> TrainResult:
         rt.device, rt.threads
     )
     log.line(f"MFU peak: {f'{peak:.3g} FLOP/s' if peak else 'unknown'} per device ({peak_source})")
-    window = {"loss": 0.0, "steps": 0, "time": 0.0, "tokens": 0, "grad_norm": 0.0}
+    window = trainer.window
     while trainer.step < cfg.max_steps:
         while plan.stage_at(trainer.step) > trainer.stage:
             event = trainer.grow()
@@ -1029,7 +1038,7 @@ def _fit(trainer: Trainer, log: RunLog) -> TrainResult:
         step = trainer.step
         if step % cfg.log_interval == 0 or step == cfg.max_steps:
             _log_window(trainer, log, window, lr, peak)
-            window = {"loss": 0.0, "steps": 0, "time": 0.0, "tokens": 0, "grad_norm": 0.0}
+            window = trainer.window = new_window()
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
             trainer.val_loss = trainer.evaluate()
             log.record({"kind": "eval", "step": step, "tokens": trainer.tokens_seen,
