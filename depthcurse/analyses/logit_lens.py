@@ -27,6 +27,7 @@ averaged over all selected tokens of all prompts:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -37,8 +38,9 @@ from torch import Tensor, nn
 from depthcurse.analyses.common import Accumulator, Conventions, check_kl_direction, make_table
 
 TOP_K = 5
-# Tokens per lens evaluation: bounds the (tokens, vocab) float32 buffers.
-TOKEN_CHUNK = 256
+# Tokens per lens evaluation: bounds the (tokens, vocab) float32 buffers, each
+# 25 MB at 128 tokens and a 49k vocabulary.
+TOKEN_CHUNK = 128
 
 FORMULAS = {
     "kl": "KL divergence between p_lens and p_final (direction in kl_direction), nats",
@@ -119,23 +121,44 @@ class LensHead(nn.Module):
         return logits if self.unembed_bias is None else logits + self.unembed_bias
 
 
+@dataclass
+class FinalDistribution:
+    """The model's output distribution for a chunk of tokens, computed once for all layers."""
+
+    logp: Float[Tensor, "tokens vocab"]
+    p: Float[Tensor, "tokens vocab"]
+    top: Int[Tensor, "tokens k"]
+
+    @classmethod
+    def from_logits(cls, logits: Float[Tensor, "tokens vocab"]) -> FinalDistribution:
+        logits = logits.float()
+        k = min(TOP_K, logits.shape[-1])
+        # softmax rather than logp.exp(): torch's exp is many times slower on very
+        # negative inputs, which a 49k-token log-distribution is full of.
+        return cls(
+            torch.log_softmax(logits, -1), torch.softmax(logits, -1), logits.topk(k, -1).indices
+        )
+
+
 def lens_metrics(
     lens_logits: Float[Tensor, "tokens vocab"],
-    final_logits: Float[Tensor, "tokens vocab"],
+    final: FinalDistribution | Float[Tensor, "tokens vocab"],
     targets: Int[Tensor, " tokens"],
     kl_direction: str = "lens||final",
 ) -> dict[str, Tensor]:
     """Per-token lens metrics; `accuracy` and `loss` are NaN where `targets` is -1."""
-    lens_logp = torch.log_softmax(lens_logits.float(), dim=-1)
-    final_logp = torch.log_softmax(final_logits.float(), dim=-1)
+    if not isinstance(final, FinalDistribution):
+        final = FinalDistribution.from_logits(final)
+    lens_logits = lens_logits.float()
+    lens_logp = torch.log_softmax(lens_logits, dim=-1)
+    lens_p = torch.softmax(lens_logits, dim=-1)
     if kl_direction == "lens||final":
-        kl = (lens_logp.exp() * (lens_logp - final_logp)).sum(-1)
+        kl = (lens_p * (lens_logp - final.logp)).sum(-1)
     else:
-        kl = (final_logp.exp() * (final_logp - lens_logp)).sum(-1)
-    k = min(TOP_K, lens_logits.shape[-1])
-    lens_top = lens_logp.topk(k, dim=-1).indices
-    final_top = final_logp.topk(k, dim=-1).indices
-    overlap = (lens_top[:, :, None] == final_top[:, None, :]).any(-1).sum(-1).float() / k
+        kl = (final.p * (final.logp - lens_logp)).sum(-1)
+    k = final.top.shape[-1]
+    lens_top = lens_logits.topk(k, dim=-1).indices
+    overlap = (lens_top[:, :, None] == final.top[:, None, :]).any(-1).sum(-1).float() / k
     has_target = targets >= 0
     safe_targets = targets.clamp_min(0)
     nan = torch.full_like(kl, float("nan"))
@@ -144,8 +167,8 @@ def lens_metrics(
     return {
         "kl": kl,
         "top5_overlap": overlap,
-        "top1_agreement": (lens_top[:, 0] == final_top[:, 0]).float(),
-        "entropy": -(lens_logp.exp() * lens_logp).sum(-1),
+        "top1_agreement": (lens_top[:, 0] == final.top[:, 0]).float(),
+        "entropy": -torch.linalg.vecdot(lens_p, lens_logp),
         "accuracy": torch.where(has_target, accuracy, nan),
         "loss": torch.where(has_target, loss, nan),
     }
@@ -176,12 +199,13 @@ class LensAccumulator:
         """Add one batch: residuals h_0..h_L (tokens, d_model), the model's logits, next tokens."""
         for start in range(0, final_logits.shape[0], TOKEN_CHUNK):
             chunk = slice(start, start + TOKEN_CHUNK)
+            final = FinalDistribution.from_logits(final_logits[chunk])
             for layer, resid in enumerate(h):
                 resid = resid[chunk]
                 if self.translate is not None:
                     resid = self.translate(layer, resid)
                 metrics = lens_metrics(
-                    self.head(resid), final_logits[chunk], targets[chunk], self.kl_direction
+                    self.head(resid), final, targets[chunk], self.kl_direction
                 )
                 for metric, values in metrics.items():
                     self.acc.add(metric, layer, values)

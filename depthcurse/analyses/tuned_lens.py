@@ -163,8 +163,9 @@ def train_tuned_lens(
         index = torch.randint(0, n_tokens, (min(tokens_per_step, n_tokens),), generator=generator)
         batch = residuals[index]
         with torch.no_grad():
-            final_logp = torch.log_softmax(head(batch[:, -1]), dim=-1)
-            final_p = final_logp.exp()
+            final_logits = head(batch[:, -1])
+            final_logp = torch.log_softmax(final_logits, dim=-1)
+            final_p = torch.softmax(final_logits, dim=-1)
         loss = torch.zeros(())
         for layer in range(lens.n_layers):
             lens_logp = torch.log_softmax(head(lens.translate(layer, batch[:, layer])), dim=-1)
