@@ -1,6 +1,8 @@
 """Residual-stream analyses: norms, contributions, cosines, logit and tuned lens, similarity."""
 
+import json
 import math
+import shutil
 
 import matplotlib
 
@@ -478,6 +480,11 @@ def grown_run(tmp_path_factory):
     metadata = {"step": 20, "stage": 1, "growth_history": lineage.history,
                 "layer_sources": lineage.layer_sources}
     save_checkpoint(run / "step-20", model, metadata=metadata)
+    # What an interrupted atomic write leaves behind: every reader must skip it.
+    partial = run / ".step-30.tmp-0000"
+    shutil.copytree(run / "step-20", partial)
+    meta = json.loads((partial / "depthcurse.json").read_text())
+    (partial / "depthcurse.json").write_text(json.dumps({**meta, "step": 30}))
     return run
 
 

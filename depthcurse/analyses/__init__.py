@@ -1,8 +1,8 @@
 """Analyses of how a model uses its depth; each returns a tidy pandas DataFrame.
 
-Part 1 covers the residual stream: `collect_stream` runs the model once and
+Part 1 covers the residual stream. `collect_stream` runs the model once and
 feeds `residual_norms`, `contributions`, `cosines`, `logit_lens`,
-`tuned_lens` and the activation half of `layer_similarity`;
+`tuned_lens` and the activation half of `layer_similarity`.
 `copy_divergence` and `residual_norms_over_run` read a run's checkpoints.
 """
 

@@ -32,7 +32,9 @@ from torch import Tensor
 
 from depthcurse.prompts import PromptSet
 
-NOTATION = "h_l residual input of layer l, a_l attention output, m_l MLP output, h_{l+1} = h_l + a_l + m_l"
+NOTATION = (
+    "h_l residual input of layer l, a_l attention output, m_l MLP output, h_{l+1} = h_l + a_l + m_l"
+)
 METRIC_DTYPE = "float32"
 KL_DIRECTIONS = ("lens||final", "final||lens")
 # Norms at or below this count as zero: contribution denominators are clamped

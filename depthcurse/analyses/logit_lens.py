@@ -100,7 +100,9 @@ class LensHead(nn.Module):
             raise TypeError(f"cannot find the epsilon of final norm {type(norm).__name__}")
         rms = not isinstance(norm, nn.LayerNorm)
         norm_bias = None if rms else norm.bias
-        return cls(norm.weight, norm_bias, float(eps), rms, unembed.weight, getattr(unembed, "bias", None))
+        return cls(
+            norm.weight, norm_bias, float(eps), rms, unembed.weight, getattr(unembed, "bias", None)
+        )
 
     def normalize(
         self, h: Float[Tensor, "tokens d_model"], scale: Tensor | None = None
@@ -185,7 +187,12 @@ class LensAccumulator:
         lens: str = "logit",
     ) -> None:
         check_kl_direction(kl_direction)
-        self.head, self.kl_direction, self.translate, self.lens = head, kl_direction, translate, lens
+        self.head, self.kl_direction, self.translate, self.lens = (
+            head,
+            kl_direction,
+            translate,
+            lens,
+        )
         self.name = f"{lens}_lens"
         self.acc = Accumulator()
 
@@ -204,9 +211,7 @@ class LensAccumulator:
                 resid = resid[chunk]
                 if self.translate is not None:
                     resid = self.translate(layer, resid)
-                metrics = lens_metrics(
-                    self.head(resid), final, targets[chunk], self.kl_direction
-                )
+                metrics = lens_metrics(self.head(resid), final, targets[chunk], self.kl_direction)
                 for metric, values in metrics.items():
                     self.acc.add(metric, layer, values)
 

@@ -66,22 +66,30 @@ def residual_norms(source: Any, prompts: Any = None, **options: Any) -> pd.DataF
 
 
 def run_checkpoints(run: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Return a run's checkpoint folders sorted by step.
+    """Return a run's complete checkpoint folders sorted by step.
 
-    `run` is a list of checkpoint folders, or a folder whose subfolders (at any
-    depth) contain `depthcurse.json`.
+    `run` is a list of checkpoint folders, or a folder searched at any depth
+    for folders holding `depthcurse.json`, `config.json` and
+    `model.safetensors`. Folders whose name starts with a dot (the temporary
+    folders of an interrupted atomic write) are skipped.
     """
-    from depthcurse.checkpoint import META_FILE, read_metadata
+    from depthcurse.checkpoint import HF_CONFIG_FILE, META_FILE, WEIGHTS_FILE, read_metadata
 
     if isinstance(run, (str, Path)):
         root = Path(run)
-        if (root / META_FILE).is_file():
-            folders = [root]
-        else:
-            folders = [meta.parent for meta in root.rglob(META_FILE)]
+        candidates = (
+            [root] if (root / META_FILE).is_file() else [m.parent for m in root.rglob(META_FILE)]
+        )
+        folders = [
+            folder
+            for folder in candidates
+            if not any(part.startswith(".") for part in folder.relative_to(root).parts)
+            and all((folder / name).is_file() for name in (META_FILE, HF_CONFIG_FILE, WEIGHTS_FILE))
+        ]
         if not folders:
             raise FileNotFoundError(
-                f"no checkpoint (a folder with {META_FILE}) found under {root}; pass a run folder"
+                f"no complete checkpoint (a folder with {META_FILE}, {HF_CONFIG_FILE} and "
+                f"{WEIGHTS_FILE}) found under {root}; pass a run folder or checkpoint folders"
             )
     else:
         folders = [Path(folder) for folder in run]

@@ -171,9 +171,13 @@ def collect_stream(
         with torch.no_grad():
             logits, cache = model.run_with_cache(ids, names_filter=names, attention_mask=mask)
 
-        h = [float_tokens(cache, f"blocks.{layer}.hook_resid_pre", keep) for layer in range(n_layers)]
+        h = [
+            float_tokens(cache, f"blocks.{layer}.hook_resid_pre", keep) for layer in range(n_layers)
+        ]
         h.append(float_tokens(cache, "ln_final.hook_in", keep))
-        a = [float_tokens(cache, f"blocks.{layer}.hook_attn_out", keep) for layer in range(n_layers)]
+        a = [
+            float_tokens(cache, f"blocks.{layer}.hook_attn_out", keep) for layer in range(n_layers)
+        ]
         m = [float_tokens(cache, f"blocks.{layer}.hook_mlp_out", keep) for layer in range(n_layers)]
         del cache
         for name, accumulator in accumulators.items():
@@ -198,5 +202,7 @@ def stats_for(
             )
         return source
     if prompts is None:
-        raise ValueError("prompts are required when source is a model; pass a PromptSet or token batch")
+        raise ValueError(
+            "prompts are required when source is a model; pass a PromptSet or token batch"
+        )
     return collect_stream(source, prompts, analyses=analyses, **options)

@@ -145,16 +145,20 @@ def train_tuned_lens(
     Adam on the token mean over layers of KL(p_final || p_lens); each step
     draws `tokens_per_step` tokens at random from the residuals of `prompts`,
     which are computed once. `save=True` writes the lens into the model's
-    checkpoint folder (skipped when the model was not loaded from a folder); a
-    path writes it there; False keeps it in memory only.
+    checkpoint folder, unless the model was not loaded from a folder. A path
+    writes it to that path, and False keeps it in memory only.
     """
     if steps < 0 or tokens_per_step <= 0:
-        raise ValueError(f"steps ({steps}) must be >= 0 and tokens_per_step ({tokens_per_step}) > 0")
+        raise ValueError(
+            f"steps ({steps}) must be >= 0 and tokens_per_step ({tokens_per_step}) > 0"
+        )
     head = LensHead.from_model(model)
     residuals = collect_residuals(model, prompts, batch_size=batch_size, exclude_pos0=exclude_pos0)
     n_tokens, n_points, d_model = residuals.shape
     if n_tokens == 0:
-        raise ValueError("prompts have no selected tokens; give longer prompts or exclude_pos0=False")
+        raise ValueError(
+            "prompts have no selected tokens; give longer prompts or exclude_pos0=False"
+        )
     lens = TunedLens(n_points - 1, d_model)
     optimizer = torch.optim.Adam(lens.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
@@ -187,7 +191,12 @@ def train_tuned_lens(
         "final_training_loss": losses[-1] if losses else None,
         "model": str(getattr(getattr(model, "depthcurse_info", None), "source", "")),
     }
-    target = default_lens_path(model) if save is True else (Path(save) if save else None)
+    if save is True:
+        target = default_lens_path(model)
+    elif save:
+        target = Path(save)
+    else:
+        target = None
     if target is not None:
         lens.save(target)
     return lens
@@ -199,18 +208,22 @@ def tuned_lens(
     """Return the logit lens's metrics for a tuned lens.
 
     `source` is a `StreamStats` collected with `tuned_lens=`, or a hooked
-    model; then `prompts` is required, `lens` is a `TunedLens` or a path (by
-    default the one saved in the model's checkpoint folder) and `options` go to
-    `collect_stream`.
+    model. For a model, `prompts` is required, `options` go to
+    `collect_stream`, and `lens` is a `TunedLens` or a path. By default `lens`
+    is the one saved in the model's checkpoint folder.
     """
     from depthcurse.analyses.stream import StreamStats, collect_stream
 
     if isinstance(source, StreamStats):
         if prompts is not None or lens is not None or options:
-            raise ValueError("source is already a StreamStats; prompts, lens and options apply to a model")
+            raise ValueError(
+                "source is already a StreamStats; prompts, lens and options apply to a model"
+            )
         return source.tuned_lens()
     if prompts is None:
-        raise ValueError("prompts are required when source is a model; pass a PromptSet or token batch")
+        raise ValueError(
+            "prompts are required when source is a model; pass a PromptSet or token batch"
+        )
     if lens is None:
         lens = default_lens_path(source)
         if lens is None:

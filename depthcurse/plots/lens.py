@@ -12,7 +12,10 @@ LENS_METRICS = ("kl", "top5_overlap", "top1_agreement", "entropy", "accuracy", "
 
 
 def plot_lens(table: pd.DataFrame, metrics: tuple[str, ...] = LENS_METRICS) -> Figure:
-    """One panel per lens metric against layer; logit and tuned lens tables may be concatenated."""
+    """Plot one panel per lens metric against layer.
+
+    Concatenated logit-lens and tuned-lens tables give one line per lens.
+    """
     if table.empty or "lens" not in table.columns:
         raise ValueError("expected a logit_lens or tuned_lens table with a 'lens' column")
     fig, axes = plt.subplots(1, len(metrics), figsize=(2.6 * len(metrics), 2.8), squeeze=False)

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 
 def caption(table: pd.DataFrame) -> str:
-    """One line naming the conventions stored in a table's columns."""
+    """Return one line naming the conventions stored in a table's columns."""
     row = table.iloc[0]
     parts = [
         f"pos 0 {'excluded' if row.get('exclude_pos0') else 'included'}",
@@ -59,7 +59,7 @@ def _lines_by_layer(
 
 
 def plot_residual_norms(table: pd.DataFrame, statistic: str = "mean") -> Figure:
-    """Norms of h_l, a_l and m_l against layer, log scale."""
+    """Plot the norms of h_l, a_l and m_l against layer on a log scale."""
     _require(table, "residual_norms")
     return _lines_by_layer(
         table,
@@ -72,7 +72,7 @@ def plot_residual_norms(table: pd.DataFrame, statistic: str = "mean") -> Figure:
 
 
 def plot_contributions(table: pd.DataFrame, statistic: str = "mean") -> Figure:
-    """Relative contributions ‖a‖/‖h‖, ‖m‖/‖h+a‖, ‖a+m‖/‖h‖ against layer."""
+    """Plot the relative contributions ‖a‖/‖h‖, ‖m‖/‖h+a‖, ‖a+m‖/‖h‖ against layer."""
     _require(table, "contributions")
     return _lines_by_layer(
         table,
@@ -85,7 +85,7 @@ def plot_contributions(table: pd.DataFrame, statistic: str = "mean") -> Figure:
 
 
 def plot_cosines(table: pd.DataFrame) -> Figure:
-    """Token-averaged cosines against layer; undefined (NaN) layers are marked with x."""
+    """Plot token-averaged cosines against layer, marking undefined (NaN) layers with a red x."""
     _require(table, "cosines")
     metrics = list(dict.fromkeys(table["metric"]))
     fig = _lines_by_layer(table, metrics, "mean", "mean cosine", "Cosine similarities", log=False)
@@ -105,7 +105,7 @@ def plot_cosines(table: pd.DataFrame) -> Figure:
 
 
 def plot_layer_similarity(table: pd.DataFrame, metrics: list[str] | None = None) -> Figure:
-    """One layer x layer heat map per metric (delta, resid, W_Q, ...)."""
+    """Plot one layer x layer heat map per metric (delta, resid, W_Q, ...)."""
     _require(table, "layer_similarity")
     metrics = metrics or list(dict.fromkeys(table["metric"]))
     columns = min(4, len(metrics))
@@ -130,7 +130,7 @@ def plot_layer_similarity(table: pd.DataFrame, metrics: list[str] | None = None)
 def plot_norms_over_run(
     table: pd.DataFrame, metric: str = "norm_h", statistic: str = "mean"
 ) -> Figure:
-    """A norm against layer, one line per checkpoint step, from `residual_norms_over_run`."""
+    """Plot a norm against layer with one line per checkpoint step (from `residual_norms_over_run`)."""
     _require(table, "residual_norms")
     if "step" not in table.columns:
         raise ValueError("table has no step column; build it with residual_norms_over_run")
@@ -160,7 +160,7 @@ def plot_norms_over_run(
 
 
 def plot_copy_divergence(table: pd.DataFrame, metric: str = "cosine") -> Figure:
-    """Cosine (or relative distance) of each copied layer to its source against step, per module."""
+    """Plot each copied layer's cosine (or relative distance) to its source against step, per module."""
     _require(table, "copy_divergence")
     chosen = table[table["metric"] == metric]
     modules = list(dict.fromkeys(chosen["module"]))
