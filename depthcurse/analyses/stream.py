@@ -158,6 +158,8 @@ def collect_stream(
         accumulators["logit_lens"] = LensAccumulator(head, kl_direction)
     if tuned_lens is not None:
         tuned_lens.check_model(model)
+        # NOTE: tests run on CPU only; moving the lens to the model's device is untested on GPU.
+        tuned_lens.to(next(model.parameters()).device)
         accumulators["tuned_lens"] = LensAccumulator(
             head, kl_direction, translate=tuned_lens.translate, lens="tuned"
         )

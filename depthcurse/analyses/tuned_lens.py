@@ -159,7 +159,7 @@ def train_tuned_lens(
         raise ValueError(
             "prompts have no selected tokens; give longer prompts or exclude_pos0=False"
         )
-    lens = TunedLens(n_points - 1, d_model)
+    lens = TunedLens(n_points - 1, d_model).to(residuals.device)
     optimizer = torch.optim.Adam(lens.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     losses = []
@@ -170,15 +170,18 @@ def train_tuned_lens(
             final_logits = head(batch[:, -1])
             final_logp = torch.log_softmax(final_logits, dim=-1)
             final_p = torch.softmax(final_logits, dim=-1)
-        loss = torch.zeros(())
+        # The layers' translators are independent, so backpropagating each
+        # layer's term on its own gives the gradient of the mean while holding
+        # one layer's (tokens, vocab) buffers at a time.
+        optimizer.zero_grad()
+        loss = 0.0
         for layer in range(lens.n_layers):
             lens_logp = torch.log_softmax(head(lens.translate(layer, batch[:, layer])), dim=-1)
-            loss = loss + (final_p * (final_logp - lens_logp)).sum(-1).mean()
-        loss = loss / max(lens.n_layers, 1)
-        optimizer.zero_grad()
-        loss.backward()
+            layer_loss = (final_p * (final_logp - lens_logp)).sum(-1).mean() / lens.n_layers
+            layer_loss.backward()
+            loss += layer_loss.item()
         optimizer.step()
-        losses.append(loss.item())
+        losses.append(loss)
     lens.metadata = {
         "objective": "mean over layers of KL(p_final || p_lens), nats",
         "steps": steps,
