@@ -111,12 +111,14 @@ def main() -> None:
     start = time.perf_counter()
     lens = train_tuned_lens(
         model, held_out, steps=args.lens_steps, tokens_per_step=args.lens_tokens,
-        batch_size=args.batch_size, save=False,
+        batch_size=args.batch_size, save=False, progress=True,
     )
     record(f"train tuned lens ({args.lens_steps} steps x {args.lens_tokens} tokens)", start)
 
     start = time.perf_counter()
-    stats = collect_stream(model, prompts, batch_size=args.batch_size, tuned_lens=lens)
+    stats = collect_stream(
+        model, prompts, batch_size=args.batch_size, tuned_lens=lens, progress=True
+    )
     record("collect_stream (analyses 1-4, 5 eval, 6 activations)", start)
     stream_time = timings[-1][1]
 
