@@ -6,6 +6,7 @@ feeds `residual_norms`, `contributions`, `cosines`, `logit_lens`,
 `copy_divergence` and `residual_norms_over_run` read a run's checkpoints.
 """
 
+from depthcurse.analyses.common import compare_halves
 from depthcurse.analyses.contributions import contribution_summary, contributions
 from depthcurse.analyses.copy_divergence import copy_divergence
 from depthcurse.analyses.cosines import cosines
@@ -20,6 +21,7 @@ __all__ = [
     "StreamStats",
     "TunedLens",
     "collect_stream",
+    "compare_halves",
     "contribution_summary",
     "contributions",
     "copy_divergence",

@@ -168,7 +168,9 @@ def collect_stream(
     names = residual_hook_names(n_layers)
     stats = StreamStats(model, conventions, accumulators)
     batches = token_batches(prompts, batch_size)
+    device = next(model.parameters()).device
     for ids, mask in tqdm(batches, desc="stream", disable=not progress):
+        ids, mask = ids.to(device), mask.to(device)
         keep = selected_tokens(mask, exclude_pos0)
         with torch.no_grad():
             logits, cache = model.run_with_cache(ids, names_filter=names, attention_mask=mask)

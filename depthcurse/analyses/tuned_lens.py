@@ -119,7 +119,9 @@ def collect_residuals(
     n_layers = model.cfg.n_layers
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)] + ["ln_final.hook_in"]
     chunks = []
+    device = next(model.parameters()).device
     for ids, mask in token_batches(prompts, batch_size):
+        ids, mask = ids.to(device), mask.to(device)
         keep = selected_tokens(mask, exclude_pos0)
         with torch.no_grad():
             _, cache = model.run_with_cache(ids, names_filter=names, attention_mask=mask)
