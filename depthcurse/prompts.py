@@ -114,3 +114,96 @@ def pad_id(tokenizer: Any) -> int:
     if hasattr(tokenizer, "token_to_id") and tokenizer.token_to_id("<|endoftext|>") is not None:
         return int(tokenizer.token_to_id("<|endoftext|>"))
     return 0
+
+
+def prompts_from_tokens(
+    tokens: Any,
+    n_prompts: int,
+    n_tokens: int,
+    *,
+    name: str = "tokens",
+    pad_id: int = 0,
+) -> PromptSet:
+    """Cut `n_prompts` evenly spaced, non-overlapping windows of `n_tokens` from a token file.
+
+    `tokens` is a path to a token file (such as a prepared folder's `val.bin`),
+    a `TokenStore` or a `PreparedData` (its validation split is used). Windows
+    may span a document separator, as training batches do. The ids must come
+    from the tokenizer of the model the prompts are for.
+    """
+    from depthcurse.data import PreparedData, TokenStore, open_tokens
+
+    if isinstance(tokens, PreparedData):
+        tokens = tokens.open("val")
+    elif not isinstance(tokens, TokenStore):
+        tokens = open_tokens(tokens)
+    _check_counts(n_prompts, n_tokens)
+    if n_prompts * n_tokens > len(tokens):
+        raise ValueError(
+            f"{tokens.path} has {len(tokens)} tokens, fewer than {n_prompts} prompts x "
+            f"{n_tokens} tokens; ask for fewer or shorter prompts"
+        )
+    stride = len(tokens) // n_prompts
+    prompts = [
+        Prompt(f"{name}-{start}", tokens.tokens[start : start + n_tokens].tolist(), {"start": start})
+        for start in range(0, stride * n_prompts, stride)
+    ]
+    return PromptSet(name, prompts, prepend_bos=False, pad_id=pad_id)
+
+
+def validation_prompts(
+    tokenizer: Any,
+    n_prompts: int = 20,
+    n_tokens: int = 256,
+    *,
+    source: str | None = None,
+    prepend_bos: bool = False,
+) -> PromptSet:
+    """Build prompts from the validation split of the default corpus (or of `source`).
+
+    The split is the one `depthcurse.data.split_documents` makes for training,
+    so a model trained by depthcurse on that corpus never saw these texts.
+    Each validation document is tokenized with `tokenizer` (a transformers or
+    `tokenizers` tokenizer, e.g. a public model's own), cut into consecutive
+    windows of `n_tokens` (including BOS when `prepend_bos`), and windows are
+    taken from the documents in turn so that the prompts cover all of them.
+    Labels record each prompt's document and start token.
+    """
+    from depthcurse.data import load_default_corpus, load_documents, split_documents
+
+    _check_counts(n_prompts, n_tokens)
+    documents = load_default_corpus() if source is None else load_documents(source)
+    _, val_documents = split_documents(documents)
+    body = n_tokens - 1 if prepend_bos else n_tokens
+    bos = [bos_id(tokenizer)] if prepend_bos else []
+    windows: list[list[Prompt]] = []
+    for document in val_documents:
+        ids = encode(tokenizer, document.text)
+        windows.append(
+            [
+                Prompt(
+                    f"val-{document.name}-{start}",
+                    bos + ids[start : start + body],
+                    {"document": document.name, "start": start},
+                )
+                for start in range(0, len(ids) - body + 1, body)
+            ]
+        )
+    prompts: list[Prompt] = []
+    for round_index in range(max((len(w) for w in windows), default=0)):
+        prompts += [w[round_index] for w in windows if round_index < len(w)]
+    if len(prompts) < n_prompts:
+        raise ValueError(
+            f"the validation split holds only {len(prompts)} windows of {n_tokens} tokens, "
+            f"fewer than n_prompts={n_prompts}; ask for fewer or shorter prompts"
+        )
+    return PromptSet(
+        "validation", prompts[:n_prompts], prepend_bos=prepend_bos, pad_id=pad_id(tokenizer)
+    )
+
+
+def _check_counts(n_prompts: int, n_tokens: int) -> None:
+    if n_prompts <= 0 or n_tokens <= 0:
+        raise ValueError(
+            f"n_prompts ({n_prompts}) and n_tokens ({n_tokens}) must both be positive"
+        )
