@@ -20,6 +20,9 @@ All metrics are computed in float32 whatever the model dtype.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -249,3 +252,11 @@ def batches_of(
 
 def prompt_set_name(prompts: Any) -> str:
     return str(getattr(prompts, "name", "tokens"))
+
+
+@contextmanager
+def quiet_nan_warnings() -> Iterator[None]:
+    """Silence numpy's all-NaN warnings from nanmax / nanmean over undefined entries."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield

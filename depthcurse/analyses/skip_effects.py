@@ -37,9 +37,6 @@ the benchmark.
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +54,7 @@ from depthcurse.analyses.engine import (
     model_label,
     model_note,
     prompt_set_name,
+    quiet_nan_warnings,
 )
 from depthcurse.analyses.surgery import PARTS, skipped
 
@@ -350,18 +348,10 @@ def skip_effect_arrays(
         forwards += stack.layer_forwards
         # Reduce over the t variants (axis 0) the same way as over positions.
         reduce = np.nanmax if reduction == "max" else np.nanmean
-        with _quiet_nan_warnings():
+        with quiet_nan_warnings():
             effects.append(np.moveaxis(reduce(effect.numpy(), axis=0), -1, 0))
             outputs.append(np.moveaxis(reduce(output.numpy(), axis=0), -1, 0))
     return SkipArrays(np.concatenate(effects), np.concatenate(outputs), forwards, n_layers)
-
-
-@contextmanager
-def _quiet_nan_warnings() -> Iterator[None]:
-    # nanmax / nanmean warn on all-NaN slices, which are the undefined j <= s entries.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        yield
 
 
 def skip_effects(
@@ -420,7 +410,7 @@ def skip_table(arrays: SkipArrays, *, part: str) -> pd.DataFrame:
     rows = []
     n_layers = arrays.n_layers
     for statistic, reduce in (("max", np.nanmax), ("mean", np.nanmean)):
-        with _quiet_nan_warnings():
+        with quiet_nan_warnings():
             effect = reduce(arrays.effect, axis=0)
             output = reduce(arrays.output, axis=0)
         for s in range(n_layers):
