@@ -62,6 +62,7 @@ MODES = ("current", "future")
 REDUCTIONS = ("max", "mean")
 ENGINES = ("prefix", "naive")
 NORM_FLOOR = 1e-6
+LOGIT_BUDGET = 2**24
 
 
 @dataclass
@@ -137,7 +138,7 @@ def _relative_change(
 
 def _output_change(logits: Tensor, clean_probs: Tensor, rows: int) -> Tensor:
     probs = torch.softmax(logits.float(), dim=-1).unflatten(0, (rows, -1))
-    return (probs - clean_probs).norm(dim=-1)
+    return probs.sub_(clean_probs).norm(dim=-1)
 
 
 def _part_delta(clean: CleanRun, layer: int, part: str) -> Tensor:
@@ -187,10 +188,15 @@ def _prefix_batch(
         for row, (s, k) in enumerate(chunk):
             effect[k, s, j] = reduced[row].cpu()
 
+    # Logits are batch × pos × vocab per run; stacking many runs costs more in memory
+    # traffic than it saves, so the unembedding takes at most LOGIT_BUDGET elements.
+    vocab = clean.logits.shape[-1]
+    per_logits = max(1, min(per_forward, LOGIT_BUDGET // clean.logits[..., 0].numel() // vocab))
+
     def finish(chunk: list[tuple[int, int]], finals: list[Tensor]) -> None:
-        for start in range(0, len(chunk), per_forward):
-            part_chunk = chunk[start : start + per_forward]
-            logits = stack.logits(torch.cat(finals[start : start + per_forward]))
+        for start in range(0, len(chunk), per_logits):
+            part_chunk = chunk[start : start + per_logits]
+            logits = stack.logits(torch.cat(finals[start : start + per_logits]))
             change = _output_change(logits, clean_probs, len(part_chunk))
             reduced = _reduce(change, measure[[k for _, k in part_chunk]], how)
             for row, (s, k) in enumerate(part_chunk):
