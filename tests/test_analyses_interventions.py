@@ -43,8 +43,8 @@ from depthcurse.prompts import Prompt, PromptSet  # noqa: E402
 ZERO_LAYER = 2
 N_LAYERS = 8
 BLOCK = 2
-# The prefix engine stacks runs along the batch, so matmuls see other shapes than
-# in the naive engine and may round differently; float32 effects are O(1).
+# The prefix engine stacks runs along the batch, so its matmuls have other shapes than
+# the naive engine's and may round differently. The effects are O(1) in float32.
 ENGINE_ATOL = 1e-5
 
 

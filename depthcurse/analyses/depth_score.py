@@ -10,7 +10,7 @@ layers changes the computation most. The same centre of mass is taken of the
 output-effect vector O[s] (`source = "output_effect"`).
 
 Per prompt set (for example one per difficulty level) the matrix is reduced
-over prompts by `statistic` (max, as in the paper, or mean), and a percentile
+over prompts by `statistic` (max, as in Csordás et al., or mean). A percentile
 bootstrap over prompts gives a confidence interval: prompts are resampled with
 replacement, reduced the same way, and scored again.
 """

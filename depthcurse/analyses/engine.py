@@ -174,8 +174,9 @@ class CleanRun:
     mid: list[Tensor]
     logits: Tensor
 
-    def delta(self, index: int) -> Tensor:
-        return self.resid[index + 1] - self.resid[index]
+    def delta(self, index: int) -> Float[Tensor, "batch pos d_model"]:
+        """Return layer `index`'s contribution Δ = out − in, computed in float32."""
+        return self.resid[index + 1].float() - self.resid[index].float()
 
 
 def clean_run(stack: LayerStack) -> CleanRun:

@@ -82,10 +82,12 @@ def fit_linear_maps(
     if n_train < 2 or n_tokens - n_train < 1:
         raise ValueError(f"{n_tokens} tokens are too few to split into train and held-out sets")
     train, held_out = order[:n_train], order[n_train:]
+
     y_all = torch.cat([t.double() for t in targets], dim=1)
     widths = [t.shape[1] for t in targets]
     y_train = y_all[train]
     y_mean = y_train.mean(0)
+
     errors = np.zeros((len(sources), len(targets)))
     for i, source in enumerate(sources):
         x = source.double()
@@ -95,6 +97,7 @@ def fit_linear_maps(
         penalty = ridge * torch.trace(gram) / gram.shape[0]
         gram = gram + penalty * torch.eye(gram.shape[0], dtype=gram.dtype)
         weight = torch.linalg.solve(gram, x_train.T @ (y_train - y_mean))
+
         prediction = (x[held_out] - x_mean) @ weight + y_mean
         for j, (pred, true) in enumerate(
             zip(prediction.split(widths, dim=1), y_all[held_out].split(widths, dim=1), strict=True)

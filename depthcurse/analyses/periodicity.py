@@ -9,7 +9,7 @@ with depth) the sample autocorrelation is
     r(k) = Σ_{i<L−k} x_i x_{i+k} / Σ_i x_i²,   k = 0..⌊L/2⌋,
 
 and the dominant period is the lag k ≥ 2 of the largest local maximum of r with
-r(k) ≥ `threshold` (default 0.5); no such lag means no period (NaN).
+r(k) ≥ `threshold` (default 0.5). Without such a lag there is no period (NaN).
 
 The sequences are the relative contributions of Csordás et al. 2025
 (arXiv 2505.13898), averaged over tokens (position 0 excluded by default):

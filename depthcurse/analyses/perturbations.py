@@ -3,9 +3,9 @@
 Following the permutation analyses of Kapl et al. 2025 (arXiv 2512.08819) and
 Lad et al. 2024 (arXiv 2406.19384), the model is run with its decoder layers in
 a changed order (see `surgery.layer_order`) and compared with the clean model
-on the same tokens. At level "layer" the unit is one layer; at level "block" it
-is b consecutive layers, with b the width of the checkpoint's growth steps
-(`growth_history` events) or given. Kinds, per unit k:
+on the same tokens. At level "layer" the unit is one layer. At level "block" it
+is b consecutive layers, where b is given or read from the width of the
+checkpoint's growth steps (`growth_history` events). Kinds, per unit k:
 
 - remove: drop unit k;
 - swap: exchange units k and k + 1;

@@ -15,8 +15,8 @@ Modes:
   is never skipped, and causal attention leaves it unchanged, so it is left out
   of the measure (`exclude_pos0=True`).
 - future: for each t of a seeded set per prompt (by default 4 draws from
-  range(8, n − 4, 8)), skip at positions 1..t−1 and measure at positions t..n−1,
-  which isolates how later tokens use the computation of earlier ones.
+  range(8, n − 4, 8)), skip at positions 1..t−1 and measure at positions t..n−1.
+  This isolates how later tokens use the computation of earlier ones.
 
 Per prompt, values are reduced over measured positions and then over t by
 `reduction` (max, or mean); the table reports the max and the mean over prompts
@@ -119,10 +119,10 @@ def _masks(
     return skip, measure
 
 
-def _reduce(values: Tensor, mask: Tensor, how: str) -> Tensor:
+def _reduce(values: Tensor, mask: Tensor, reduction: str) -> Tensor:
     """Reduce over the last (position) axis inside `mask`; NaN where the mask is empty."""
     count = mask.sum(-1)
-    if how == "max":
+    if reduction == "max":
         reduced = values.masked_fill(~mask, float("-inf")).amax(-1)
     else:
         reduced = (values * mask).sum(-1) / count.clamp_min(1)
@@ -146,7 +146,7 @@ def _part_delta(clean: CleanRun, layer: int, part: str) -> Tensor:
         return clean.mid[layer] - clean.resid[layer]
     if part == "mlp":
         return clean.resid[layer + 1] - clean.mid[layer]
-    return clean.delta(layer)
+    return clean.resid[layer + 1] - clean.resid[layer]
 
 
 def _skip_entry(stack: LayerStack, clean: CleanRun, s: int, part: str, skip: Tensor) -> Tensor:
@@ -167,7 +167,7 @@ def _prefix_batch(
     local: bool,
     skip: Tensor,
     measure: Tensor,
-    how: str,
+    reduction: str,
     max_rows: int,
 ) -> tuple[Tensor, Tensor]:
     n_layers, batch = stack.n_layers, stack.batch
@@ -182,14 +182,14 @@ def _prefix_batch(
     per_forward = max(1, max_rows // batch)
 
     def record(j: int, chunk: list[tuple[int, int]], inputs: Tensor, outputs: Tensor) -> None:
-        deltas = (outputs - inputs).unflatten(0, (len(chunk), -1))
+        deltas = (outputs.float() - inputs.float()).unflatten(0, (len(chunk), -1))
         change = _relative_change(deltas, clean_deltas[j])
-        reduced = _reduce(change, measure[[k for _, k in chunk]], how)
+        reduced = _reduce(change, measure[[k for _, k in chunk]], reduction)
         for row, (s, k) in enumerate(chunk):
             effect[k, s, j] = reduced[row].cpu()
 
-    # Logits are batch × pos × vocab per run; stacking many runs costs more in memory
-    # traffic than it saves, so the unembedding takes at most LOGIT_BUDGET elements.
+    # Logits are batch × pos × vocab per run. Stacking many runs costs more in memory
+    # traffic than it saves, so one unembedding call makes at most LOGIT_BUDGET logits.
     vocab = clean.logits.shape[-1]
     per_logits = max(1, min(per_forward, LOGIT_BUDGET // clean.logits[..., 0].numel() // vocab))
 
@@ -198,7 +198,7 @@ def _prefix_batch(
             part_chunk = chunk[start : start + per_logits]
             logits = stack.logits(torch.cat(finals[start : start + per_logits]))
             change = _output_change(logits, clean_probs, len(part_chunk))
-            reduced = _reduce(change, measure[[k for _, k in part_chunk]], how)
+            reduced = _reduce(change, measure[[k for _, k in part_chunk]], reduction)
             for row, (s, k) in enumerate(part_chunk):
                 output[k, s] = reduced[row].cpu()
 
@@ -245,9 +245,9 @@ def _naive_batch(
     local: bool,
     skip: Tensor,
     measure: Tensor,
-    how: str,
+    reduction: str,
 ) -> tuple[Tensor, Tensor]:
-    """One full hooked forward of the bridge per (skipped layer, t)."""
+    """Compute the effects with one full hooked bridge forward per (skipped layer, t)."""
     if not hasattr(model, "hooks"):
         raise TypeError("the naive engine needs a TransformerBridge; load the model with depthcurse.load")
     n_layers, batch = stack.n_layers, stack.batch
@@ -262,11 +262,12 @@ def _naive_batch(
             seen, logits = _naive_run(model, stack, clean, s, part, local, mask_k)
             stack.layer_forwards += n_layers * batch
             for j in range(s + 1, n_layers):
-                delta = seen[f"blocks.{j}.hook_resid_post"] - seen[f"blocks.{j}.hook_resid_pre"]
+                post, pre = seen[f"blocks.{j}.hook_resid_post"], seen[f"blocks.{j}.hook_resid_pre"]
+                delta = post.float() - pre.float()
                 change = _relative_change(delta[None], clean.delta(j).float())
-                effect[k, s, j] = _reduce(change, measure[k : k + 1].to(device), how)[0].cpu()
+                effect[k, s, j] = _reduce(change, measure[k : k + 1].to(device), reduction)[0].cpu()
             change = _output_change(logits, clean_probs, 1)
-            output[k, s] = _reduce(change, measure[k : k + 1].to(device), how)[0].cpu()
+            output[k, s] = _reduce(change, measure[k : k + 1].to(device), reduction)[0].cpu()
     return effect, output
 
 

@@ -89,13 +89,13 @@ def _set_modules(layers: Any, modules: list[Any]) -> None:
 
 
 def removed_order(n_layers: int, start: int, end: int | None = None) -> list[int]:
-    """Order without layers [start, end) (one layer when `end` is None)."""
+    """Return the layer order without layers [start, end) (one layer when `end` is None)."""
     end = start + 1 if end is None else end
     return [i for i in range(n_layers) if not start <= i < end]
 
 
 def swapped_order(n_layers: int, first: int, second: int, size: int = 1) -> list[int]:
-    """Order with the `size`-layer spans starting at `first` and `second` exchanged."""
+    """Return the layer order with the `size`-layer spans at `first` and `second` exchanged."""
     order = list(range(n_layers))
     a, b = list(range(first, first + size)), list(range(second, second + size))
     if set(a) & set(b):
@@ -106,14 +106,14 @@ def swapped_order(n_layers: int, first: int, second: int, size: int = 1) -> list
 
 
 def reversed_order(n_layers: int, start: int, end: int) -> list[int]:
-    """Order with layers [start, end) in reverse."""
+    """Return the layer order with layers [start, end) reversed."""
     order = list(range(n_layers))
     order[start:end] = order[start:end][::-1]
     return order
 
 
 def looped_order(n_layers: int, start: int, end: int, repeats: int) -> list[int]:
-    """Order that runs layers [start, end) `repeats` times in a row."""
+    """Return the layer order that runs layers [start, end) `repeats` times in a row."""
     if not 0 <= start < end <= n_layers:
         raise ValueError(f"loop span [{start}, {end}) is not inside 0..{n_layers}")
     if repeats < 1:
