@@ -1,0 +1,227 @@
+"""Layer- and block-level perturbations: remove, swap, reverse and shuffle layers.
+
+Following the permutation analyses of Kapl et al. 2025 (arXiv 2512.08819) and
+Lad et al. 2024 (arXiv 2406.19384), the model is run with its decoder layers in
+a changed order (see `surgery.layer_order`) and compared with the clean model
+on the same tokens. At level "layer" the unit is one layer. At level "block" it
+is b consecutive layers, where b is given or read from the width of the
+checkpoint's growth steps (`growth_history` events). Kinds, per unit k:
+
+- remove: drop unit k;
+- swap: exchange units k and k + 1;
+- reverse_inside (block level): reverse the layers inside block k;
+- reverse_middle: reverse the order of the middle units (all but the first and last);
+- shuffle_middle: a seeded random order of the middle units other than the identity
+  (`position` is the draw index);
+- identity: the unchanged order, a check that surgery itself changes nothing.
+
+Metrics over scored positions (next token real, position 0 excluded by default),
+pooled over all tokens of all prompts, in float32:
+
+    delta_nll = mean(NLL_perturbed − NLL_clean)   (nats/token)
+    kl        = mean Σ_v p_clean(v) (log p_clean(v) − log p_perturbed(v))   i.e. KL(p_clean ‖ p_perturbed)
+    top1_agreement = mean[argmax p_perturbed = argmax p_clean]
+    nll       = mean NLL_perturbed (for kind "identity", the clean NLL)
+
+Layer-list surgery acts on every position, position 0 included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from depthcurse.analyses.engine import (
+    batches_of,
+    decoder_layers,
+    hf_model_of,
+    model_label,
+    model_note,
+    next_token_nll,
+    prompt_set_name,
+)
+from depthcurse.analyses.surgery import layer_order
+
+LEVELS = ("layer", "block")
+KINDS = ("identity", "remove", "swap", "reverse_inside", "reverse_middle", "shuffle_middle")
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """One changed layer order: level, kind, unit index (or None) and the order itself."""
+
+    level: str
+    kind: str
+    position: int | None
+    order: tuple[int, ...]
+
+
+def block_size_of(model: Any) -> int:
+    """Return the number of layers added per growth step from the model's growth history."""
+    info = getattr(model, "depthcurse_info", None)
+    history = list(getattr(info, "growth_history", None) or [])
+    widths = {int(e["depth_after"]) - int(e["depth_before"]) for e in history}
+    if not widths:
+        raise ValueError(
+            "the model has no growth history to read a block size from; pass block_size=b"
+        )
+    if len(widths) > 1:
+        raise ValueError(
+            f"growth steps added different numbers of layers {sorted(widths)}; pass block_size=b"
+        )
+    return widths.pop()
+
+
+def perturbation_orders(
+    n_layers: int,
+    block_size: int,
+    *,
+    levels: tuple[str, ...] = LEVELS,
+    kinds: tuple[str, ...] = KINDS,
+    n_shuffles: int = 3,
+    seed: int = 0,
+) -> list[Perturbation]:
+    """List the perturbed layer orders of every requested level and kind."""
+    unknown = [k for k in kinds if k not in KINDS] + [v for v in levels if v not in LEVELS]
+    if unknown:
+        raise ValueError(f"unknown kinds or levels {unknown}; choose from {KINDS} and {LEVELS}")
+    if block_size < 1 or n_layers % block_size:
+        raise ValueError(
+            f"block size {block_size} does not divide the {n_layers} layers; pass another block_size"
+        )
+    rng = np.random.default_rng(seed)
+    result = [Perturbation("layer", "identity", None, tuple(range(n_layers)))] if "identity" in kinds else []
+    for level in levels:
+        size = 1 if level == "layer" else block_size
+        units = [list(range(u * size, (u + 1) * size)) for u in range(n_layers // size)]
+        result += _unit_orders(level, units, kinds, n_shuffles, rng)
+    return result
+
+
+def _unit_orders(
+    level: str, units: list[list[int]], kinds: tuple[str, ...], n_shuffles: int, rng: Any
+) -> list[Perturbation]:
+    def flat(arranged: list[list[int]]) -> tuple[int, ...]:
+        return tuple(i for unit in arranged for i in unit)
+
+    result = []
+    n_units = len(units)
+    if "remove" in kinds and n_units > 1:
+        for k in range(n_units):
+            result.append(Perturbation(level, "remove", k, flat(units[:k] + units[k + 1 :])))
+    if "swap" in kinds:
+        for k in range(n_units - 1):
+            arranged = [*units[:k], units[k + 1], units[k], *units[k + 2 :]]
+            result.append(Perturbation(level, "swap", k, flat(arranged)))
+    if "reverse_inside" in kinds and len(units[0]) > 1:
+        for k in range(n_units):
+            arranged = [*units[:k], units[k][::-1], *units[k + 1 :]]
+            result.append(Perturbation(level, "reverse_inside", k, flat(arranged)))
+    middle = units[1:-1]
+    if len(middle) > 1:
+        if "reverse_middle" in kinds:
+            arranged = [units[0], *middle[::-1], units[-1]]
+            result.append(Perturbation(level, "reverse_middle", None, flat(arranged)))
+        if "shuffle_middle" in kinds:
+            for draw in range(n_shuffles):
+                permutation = rng.permutation(len(middle))
+                while (permutation == np.arange(len(middle))).all():
+                    permutation = rng.permutation(len(middle))
+                shuffled = [middle[i] for i in permutation]
+                result.append(Perturbation(level, "shuffle_middle", draw, flat([units[0], *shuffled, units[-1]])))
+    return result
+
+
+def forward_logits(model: Any, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Return logits from a `TransformerBridge` or a transformers causal LM."""
+    with torch.no_grad():
+        if hasattr(model, "original_model"):
+            return model(tokens, attention_mask=attention_mask)
+        return hf_model_of(model)(input_ids=tokens, attention_mask=attention_mask).logits
+
+
+def compare_logits(
+    clean: torch.Tensor, perturbed: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor,
+    *, exclude_pos0: bool = True,
+) -> dict[str, tuple[float, int]]:
+    """Return summed metrics and the scored-position count for one batch."""
+    nll_clean, mask = next_token_nll(clean, tokens, attention_mask, exclude_pos0=exclude_pos0)
+    nll_perturbed, _ = next_token_nll(perturbed, tokens, attention_mask, exclude_pos0=exclude_pos0)
+    log_p = torch.log_softmax(clean.float(), dim=-1)
+    log_q = torch.log_softmax(perturbed.float(), dim=-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    agree = (clean.argmax(-1) == perturbed.argmax(-1)).float()
+    count = int(mask.sum())
+    return {
+        "delta_nll": (float((nll_perturbed - nll_clean)[mask].sum()), count),
+        "kl": (float(kl[mask].sum()), count),
+        "top1_agreement": (float(agree[mask].sum()), count),
+        "nll": (float(nll_perturbed[mask].sum()), count),
+    }
+
+
+def perturbations(
+    model: Any,
+    prompts: Any,
+    *,
+    block_size: int | None = None,
+    levels: tuple[str, ...] = LEVELS,
+    kinds: tuple[str, ...] = KINDS,
+    n_shuffles: int = 3,
+    seed: int = 0,
+    batch_size: int = 8,
+    exclude_pos0: bool = True,
+) -> pd.DataFrame:
+    """Return Δ NLL, KL(p_clean ‖ p_perturbed) and top-1 agreement for each perturbation.
+
+    One row per level × kind × position × metric, ready to pivot into a heatmap
+    of position against kind. `block_size` defaults to the growth-step width.
+    """
+    n_layers = len(decoder_layers(model))
+    if "block" in levels and block_size is None:
+        block_size = block_size_of(model)
+    orders = perturbation_orders(
+        n_layers, block_size or 1, levels=levels, kinds=kinds, n_shuffles=n_shuffles, seed=seed
+    )
+    batches = batches_of(prompts, batch_size)
+    clean_logits = [forward_logits(model, ids, mask) for ids, mask in batches]
+    rows = []
+    for perturbation in orders:
+        totals: dict[str, list[float]] = {}
+        with layer_order(model, perturbation.order):
+            for (ids, mask), clean in zip(batches, clean_logits, strict=True):
+                perturbed = forward_logits(model, ids, mask)
+                for metric, (value, count) in compare_logits(
+                    clean, perturbed, ids, mask, exclude_pos0=exclude_pos0
+                ).items():
+                    total = totals.setdefault(metric, [0.0, 0])
+                    total[0] += value
+                    total[1] += count
+        for metric, (value, count) in totals.items():
+            rows.append(
+                (
+                    perturbation.level,
+                    perturbation.kind,
+                    perturbation.position,
+                    " ".join(map(str, perturbation.order)),
+                    metric,
+                    value / max(count, 1),
+                    count,
+                )
+            )
+    table = pd.DataFrame(
+        rows, columns=["level", "kind", "position", "order", "metric", "value", "n_tokens"]
+    )
+    table["position"] = table["position"].astype("Int64")
+    table.insert(0, "model", model_label(model))
+    table.insert(1, "prompt_set", prompt_set_name(prompts))
+    table["block_size"] = block_size
+    table["n_layers"] = n_layers
+    table["statistic"] = "mean"
+    table["exclude_pos0"] = exclude_pos0
+    table["note"] = model_note(model)
+    return table

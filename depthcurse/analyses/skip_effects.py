@@ -1,0 +1,430 @@
+"""Layer-skip effects on later layers and on the output (Csordás et al. 2025, arXiv 2505.13898).
+
+Skipping layer s sets its output equal to its input at the intervened positions
+(Δ_s = 0, with Δ_l = h_{l+1} − h_l the contribution of layer l and h_l its
+input). Part "attn" or "mlp" zeroes only that sublayer's output. For every later
+layer j > s and every measured position,
+
+    E[s, j] = ‖Δ_j^clean − Δ_j^skip‖₂ / max(‖Δ_j^clean‖₂, 1e-6),
+
+and the output effect is O[s] = ‖p^skip − p^clean‖₂, the L2 norm of the
+difference of the next-token distributions p = softmax(logits) (not a KL).
+
+Modes:
+- current: skip at positions 1..n−1 and measure at positions 1..n−1. Position 0
+  is never skipped, and causal attention leaves it unchanged, so it is left out
+  of the measure (`exclude_pos0=True`).
+- future: for each t of a seeded set per prompt (by default 4 draws from
+  range(8, n − 4, 8)), skip at positions 1..t−1 and measure at positions t..n−1.
+  This isolates how later tokens use the computation of earlier ones.
+
+Per prompt, values are reduced over measured positions and then over t by
+`reduction` (max, or mean); the table reports the max and the mean over prompts
+in the `statistic` column. Entries with j ≤ s are not defined and are absent.
+
+Local (direct-path) variant: layer j > s reads h_j^clean − Δ_s^clean at the
+intervened positions, so only the direct contribution of s is removed and
+nothing propagates; the output effect uses h_L^clean − Δ_s^clean. With part
+"attn" or "mlp" the removed contribution is that sublayer's output.
+
+Engines: "prefix" starts each skipped run at layer s + 1 from the clean run's
+cached residuals and stacks several skipped runs along the batch dimension;
+it needs Σ_s (L − 1 − s) layer applications per sequence after the clean run,
+about half of the naive count. "naive" runs one full hooked forward of the
+`TransformerBridge` per skipped layer and t; it is the reference for tests and
+the benchmark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from depthcurse.analyses.engine import (
+    CleanRun,
+    LayerStack,
+    batches_of,
+    clean_run,
+    model_label,
+    model_note,
+    prompt_set_name,
+    quiet_nan_warnings,
+)
+from depthcurse.analyses.surgery import PARTS, skipped
+
+MODES = ("current", "future")
+REDUCTIONS = ("max", "mean")
+ENGINES = ("prefix", "naive")
+NORM_FLOOR = 1e-6
+LOGIT_BUDGET = 2**24
+
+
+@dataclass
+class SkipArrays:
+    """Per-prompt skip effects before the reduction over prompts.
+
+    `effect[p, s, j]` is E[s, j] for prompt p (NaN where j ≤ s), `output[p, s]`
+    the output effect; both already reduced over positions and t.
+    """
+
+    effect: np.ndarray
+    output: np.ndarray
+    layer_forwards: float
+    n_layers: int
+
+
+def future_positions(
+    length: int, n_positions: int, rng: np.random.Generator, start: int, stride: int, margin: int
+) -> list[int]:
+    """Draw up to `n_positions` intervention positions t from range(start, length − margin, stride)."""
+    candidates = list(range(start, length - margin, stride))
+    if not candidates:
+        raise ValueError(
+            f"a prompt of {length} tokens has no future-mode position in "
+            f"range({start}, {length} - {margin}, {stride}); use longer prompts or lower "
+            "position_start / position_margin"
+        )
+    chosen = rng.choice(len(candidates), size=min(n_positions, len(candidates)), replace=False)
+    return sorted(candidates[i] for i in chosen)
+
+
+def _masks(
+    attention_mask: Tensor,
+    mode: str,
+    rng: np.random.Generator,
+    n_positions: int,
+    position_grid: tuple[int, int, int],
+) -> tuple[Bool[Tensor, "k batch pos"], Bool[Tensor, "k batch pos"]]:
+    """Return (skip positions, measured positions) for each of the k variants of the batch."""
+    real = attention_mask.bool()
+    batch, width = real.shape
+    index = torch.arange(width)
+    if mode == "current":
+        mask = real & (index >= 1)
+        return mask[None], mask[None]
+    start, stride, margin = position_grid
+    skip = torch.zeros((n_positions, batch, width), dtype=torch.bool)
+    measure = torch.zeros_like(skip)
+    for row in range(batch):
+        length = int(real[row].sum())
+        for k, t in enumerate(future_positions(length, n_positions, rng, start, stride, margin)):
+            skip[k, row] = (index >= 1) & (index < t)
+            measure[k, row] = (index >= t) & real[row]
+    return skip, measure
+
+
+def _reduce(values: Tensor, mask: Tensor, reduction: str) -> Tensor:
+    """Reduce over the last (position) axis inside `mask`; NaN where the mask is empty."""
+    count = mask.sum(-1)
+    if reduction == "max":
+        reduced = values.masked_fill(~mask, float("-inf")).amax(-1)
+    else:
+        reduced = (values * mask).sum(-1) / count.clamp_min(1)
+    return reduced.masked_fill(count == 0, float("nan"))
+
+
+def _relative_change(
+    delta: Float[Tensor, "n batch pos d"], clean_delta: Float[Tensor, "batch pos d"]
+) -> Float[Tensor, "n batch pos"]:
+    floor = clean_delta.norm(dim=-1).clamp_min(NORM_FLOOR)
+    return (delta.float() - clean_delta).norm(dim=-1) / floor
+
+
+def _output_change(logits: Tensor, clean_probs: Tensor, rows: int) -> Tensor:
+    probs = torch.softmax(logits.float(), dim=-1).unflatten(0, (rows, -1))
+    return probs.sub_(clean_probs).norm(dim=-1)
+
+
+def _part_delta(clean: CleanRun, layer: int, part: str) -> Tensor:
+    if part == "attn":
+        return clean.mid[layer] - clean.resid[layer]
+    if part == "mlp":
+        return clean.resid[layer + 1] - clean.mid[layer]
+    return clean.resid[layer + 1] - clean.resid[layer]
+
+
+def _skip_entry(stack: LayerStack, clean: CleanRun, s: int, part: str, skip: Tensor) -> Tensor:
+    """Residual after a skipped layer s: its input where skipped, the clean output elsewhere."""
+    where = skip[..., None].to(clean.resid[s].device)
+    if part == "layer":
+        return torch.where(where, clean.resid[s], clean.resid[s + 1])
+    if part == "mlp":
+        return torch.where(where, clean.mid[s], clean.resid[s + 1])
+    mid = torch.where(where, clean.resid[s], clean.mid[s])
+    return mid + stack.mlp(s, mid)
+
+
+def _prefix_batch(
+    stack: LayerStack,
+    clean: CleanRun,
+    part: str,
+    local: bool,
+    skip: Tensor,
+    measure: Tensor,
+    reduction: str,
+    max_rows: int,
+) -> tuple[Tensor, Tensor]:
+    n_layers, batch = stack.n_layers, stack.batch
+    n_k = skip.shape[0]
+    device = clean.logits.device
+    skip, measure = skip.to(device), measure.to(device)
+    effect = torch.full((n_k, n_layers, n_layers, batch), float("nan"))
+    output = torch.full((n_k, n_layers, batch), float("nan"))
+    clean_deltas = [clean.delta(j).float() for j in range(n_layers)]
+    clean_probs = torch.softmax(clean.logits.float(), dim=-1)
+    variants = [(s, k) for s in range(n_layers) for k in range(n_k)]
+    per_forward = max(1, max_rows // batch)
+
+    def record(j: int, chunk: list[tuple[int, int]], inputs: Tensor, outputs: Tensor) -> None:
+        deltas = (outputs.float() - inputs.float()).unflatten(0, (len(chunk), -1))
+        change = _relative_change(deltas, clean_deltas[j])
+        reduced = _reduce(change, measure[[k for _, k in chunk]], reduction)
+        for row, (s, k) in enumerate(chunk):
+            effect[k, s, j] = reduced[row].cpu()
+
+    # Logits are batch × pos × vocab per run. Stacking many runs costs more in memory
+    # traffic than it saves, so one unembedding call makes at most LOGIT_BUDGET logits.
+    vocab = clean.logits.shape[-1]
+    per_logits = max(1, min(per_forward, LOGIT_BUDGET // clean.logits[..., 0].numel() // vocab))
+
+    def finish(chunk: list[tuple[int, int]], finals: list[Tensor]) -> None:
+        for start in range(0, len(chunk), per_logits):
+            part_chunk = chunk[start : start + per_logits]
+            logits = stack.logits(torch.cat(finals[start : start + per_logits]))
+            change = _output_change(logits, clean_probs, len(part_chunk))
+            reduced = _reduce(change, measure[[k for _, k in part_chunk]], reduction)
+            for row, (s, k) in enumerate(part_chunk):
+                output[k, s] = reduced[row].cpu()
+
+    with torch.no_grad():
+        if local:
+            for j in range(1, n_layers):
+                earlier = [(s, k) for s, k in variants if s < j]
+                for start in range(0, len(earlier), per_forward):
+                    chunk = earlier[start : start + per_forward]
+                    inputs = torch.cat([_local_input(clean, j, s, part, skip[k]) for s, k in chunk])
+                    _, _, outputs = stack.layer(j, inputs)
+                    record(j, chunk, inputs, outputs)
+            finals = [_local_input(clean, n_layers, s, part, skip[k]) for s, k in variants]
+            finish(variants, finals)
+            return effect, output
+
+        for start in range(0, len(variants), per_forward):
+            chunk = variants[start : start + per_forward]
+            active: list[tuple[tuple[int, int], Tensor]] = []
+            for j in range(chunk[0][0] + 1, n_layers + 1):
+                for s, k in chunk:
+                    if s == j - 1:
+                        active.append(((s, k), _skip_entry(stack, clean, s, part, skip[k])))
+                if j == n_layers or not active:
+                    continue
+                inputs = torch.cat([h for _, h in active])
+                _, _, outputs = stack.layer(j, inputs)
+                record(j, [v for v, _ in active], inputs, outputs)
+                active = [(v, h) for (v, _), h in zip(active, outputs.split(batch), strict=True)]
+            finish([v for v, _ in active], [h for _, h in active])
+    return effect, output
+
+
+def _local_input(clean: CleanRun, j: int, s: int, part: str, skip: Tensor) -> Tensor:
+    removed = _part_delta(clean, s, part) * skip[..., None].to(clean.resid[j].dtype)
+    return clean.resid[j] - removed
+
+
+def _naive_batch(
+    model: Any,
+    stack: LayerStack,
+    clean: CleanRun,
+    part: str,
+    local: bool,
+    skip: Tensor,
+    measure: Tensor,
+    reduction: str,
+) -> tuple[Tensor, Tensor]:
+    """Compute the effects with one full hooked bridge forward per (skipped layer, t)."""
+    if not hasattr(model, "hooks"):
+        raise TypeError("the naive engine needs a TransformerBridge; load the model with depthcurse.load")
+    n_layers, batch = stack.n_layers, stack.batch
+    n_k = skip.shape[0]
+    effect = torch.full((n_k, n_layers, n_layers, batch), float("nan"))
+    output = torch.full((n_k, n_layers, batch), float("nan"))
+    clean_probs = torch.softmax(clean.logits.float(), dim=-1)
+    device = clean.logits.device
+    for s in range(n_layers):
+        for k in range(n_k):
+            mask_k = skip[k].to(device)
+            seen, logits = _naive_run(model, stack, clean, s, part, local, mask_k)
+            stack.layer_forwards += n_layers * batch
+            for j in range(s + 1, n_layers):
+                post, pre = seen[f"blocks.{j}.hook_resid_post"], seen[f"blocks.{j}.hook_resid_pre"]
+                delta = post.float() - pre.float()
+                change = _relative_change(delta[None], clean.delta(j).float())
+                effect[k, s, j] = _reduce(change, measure[k : k + 1].to(device), reduction)[0].cpu()
+            change = _output_change(logits, clean_probs, 1)
+            output[k, s] = _reduce(change, measure[k : k + 1].to(device), reduction)[0].cpu()
+    return effect, output
+
+
+def _naive_run(
+    model: Any, stack: LayerStack, clean: CleanRun, s: int, part: str, local: bool, skip: Tensor
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Run one full hooked forward with layer s skipped (or its direct path removed)."""
+    n_layers = stack.n_layers
+    seen: dict[str, Tensor] = {}
+
+    # Hook callbacks are keyed by our own labels: the bridge reports aliased
+    # hook points under their canonical names (blocks.j.hook_in, ...).
+    def store(key: str) -> Any:
+        def hook(tensor: Tensor, hook: Any) -> Tensor:
+            seen[key] = tensor
+            return tensor
+
+        return hook
+
+    def replace_input(key: str, j: int) -> Any:
+        def hook(tensor: Tensor, hook: Any) -> Tensor:
+            seen[key] = _local_input(clean, j, s, part, skip)
+            return seen[key]
+
+        return hook
+
+    hooks = []
+    for j in range(n_layers):
+        pre, post = f"blocks.{j}.hook_resid_pre", f"blocks.{j}.hook_resid_post"
+        hook_pre = replace_input(pre, j) if local and j > s else store(pre)
+        hooks += [(pre, hook_pre), (post, store(post))]
+    if local:
+        hooks.append(("ln_final.hook_in", replace_input("final", n_layers)))
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        if local:
+            logits = model(stack.tokens, attention_mask=stack.attention_mask)
+        else:
+            with skipped(model, s, part, skip):
+                logits = model(stack.tokens, attention_mask=stack.attention_mask)
+    return seen, logits
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def skip_effect_arrays(
+    model: Any,
+    prompts: Any,
+    *,
+    part: str = "layer",
+    mode: str = "current",
+    reduction: str = "max",
+    local: bool = False,
+    n_positions: int = 4,
+    position_grid: tuple[int, int, int] = (8, 8, 4),
+    seed: int = 123,
+    engine: str = "prefix",
+    batch_size: int = 8,
+    max_rows: int = 64,
+) -> SkipArrays:
+    """Compute per-prompt skip effects (see the module docstring for the formulas).
+
+    `position_grid` is (start, stride, margin) of the future-mode positions;
+    `max_rows` caps how many sequences one stacked layer forward holds.
+    """
+    _check_choice("part", part, PARTS)
+    _check_choice("mode", mode, MODES)
+    _check_choice("reduction", reduction, REDUCTIONS)
+    _check_choice("engine", engine, ENGINES)
+    rng = np.random.default_rng(seed)
+    effects, outputs, forwards, n_layers = [], [], 0.0, 0
+    for tokens, attention_mask in batches_of(prompts, batch_size):
+        stack = LayerStack(model, tokens, attention_mask)
+        n_layers = stack.n_layers
+        skip, measure = _masks(attention_mask, mode, rng, n_positions, position_grid)
+        clean = clean_run(stack)
+        if engine == "prefix":
+            effect, output = _prefix_batch(
+                stack, clean, part, local, skip, measure, reduction, max_rows
+            )
+        else:
+            effect, output = _naive_batch(model, stack, clean, part, local, skip, measure, reduction)
+        forwards += stack.layer_forwards
+        # Reduce over the t variants (axis 0) the same way as over positions.
+        reduce = np.nanmax if reduction == "max" else np.nanmean
+        with quiet_nan_warnings():
+            effects.append(np.moveaxis(reduce(effect.numpy(), axis=0), -1, 0))
+            outputs.append(np.moveaxis(reduce(output.numpy(), axis=0), -1, 0))
+    return SkipArrays(np.concatenate(effects), np.concatenate(outputs), forwards, n_layers)
+
+
+def skip_effects(
+    model: Any,
+    prompts: Any,
+    *,
+    parts: tuple[str, ...] | str = ("layer",),
+    mode: str = "current",
+    reduction: str = "max",
+    local: bool = False,
+    n_positions: int = 4,
+    position_grid: tuple[int, int, int] = (8, 8, 4),
+    seed: int = 123,
+    engine: str = "prefix",
+    batch_size: int = 8,
+    max_rows: int = 64,
+) -> pd.DataFrame:
+    """Return the skip-effect matrix and output effects as a tidy table.
+
+    One row per part × skipped layer × later layer (metric "relative_change") or
+    per part × skipped layer (metric "output_change", `layer` missing) × statistic
+    over prompts ("max", "mean").
+    """
+    parts = (parts,) if isinstance(parts, str) else tuple(parts)
+    frames = []
+    for part in parts:
+        arrays = skip_effect_arrays(
+            model,
+            prompts,
+            part=part,
+            mode=mode,
+            reduction=reduction,
+            local=local,
+            n_positions=n_positions,
+            position_grid=position_grid,
+            seed=seed,
+            engine=engine,
+            batch_size=batch_size,
+            max_rows=max_rows,
+        )
+        frames.append(skip_table(arrays, part=part))
+    table = pd.concat(frames, ignore_index=True)
+    table.insert(0, "model", model_label(model))
+    table.insert(1, "prompt_set", prompt_set_name(prompts))
+    table["mode"] = mode
+    table["variant"] = "local" if local else "skip"
+    table["reduction"] = reduction
+    table["exclude_pos0"] = True
+    table["engine"] = engine
+    table["note"] = model_note(model)
+    return table
+
+
+def skip_table(arrays: SkipArrays, *, part: str) -> pd.DataFrame:
+    """Reduce per-prompt arrays over prompts (max and mean) into long-format rows."""
+    rows = []
+    n_layers = arrays.n_layers
+    for statistic, reduce in (("max", np.nanmax), ("mean", np.nanmean)):
+        with quiet_nan_warnings():
+            effect = reduce(arrays.effect, axis=0)
+            output = reduce(arrays.output, axis=0)
+        for s in range(n_layers):
+            for j in range(s + 1, n_layers):
+                rows.append((part, s, j, "relative_change", statistic, float(effect[s, j])))
+            rows.append((part, s, None, "output_change", statistic, float(output[s])))
+    table = pd.DataFrame(rows, columns=["part", "skip_layer", "layer", "metric", "statistic", "value"])
+    table["layer"] = table["layer"].astype("Int64")
+    table["n_prompts"] = arrays.effect.shape[0]
+    return table

@@ -1,0 +1,110 @@
+"""Mirror symmetry of layer-similarity matrices.
+
+Depth growth that copies middle layers (LIDAS, Kapl et al. 2025, arXiv
+2512.08819) is reported to leave mirror-symmetric weight structure. For a
+layer × layer similarity matrix S and the anti-identity J (ones on the
+anti-diagonal), (J S J)[i, j] = S[L−1−i, L−1−j] mirrors S about the centre, and
+
+    asymmetry = ‖S − J S J‖_F / ‖S‖_F,
+
+which is 0 for a mirror-symmetric S and at most 2. It is reported over all
+layers ("all") and over the middle blocks ("middle": layers b..L−b−1, with
+block size b from the growth history or given).
+
+`weight_similarity` builds S from the cosine similarity of one module's
+flattened weights (q, k, v, o, gate, up, down) or of all of them concatenated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from depthcurse.analyses.engine import decoder_layers, model_label, model_note, unwrap_layer
+
+MODULES = {
+    "q": "q_proj",
+    "k": "k_proj",
+    "v": "v_proj",
+    "o": "o_proj",
+    "gate": "gate_proj",
+    "up": "up_proj",
+    "down": "down_proj",
+}
+
+
+def mirror_asymmetry(matrix: np.ndarray) -> float:
+    """Return ‖S − J S J‖_F / ‖S‖_F for a square matrix S."""
+    s = np.asarray(matrix, dtype=np.float64)
+    if s.ndim != 2 or s.shape[0] != s.shape[1]:
+        raise ValueError(f"similarity matrix must be square, got shape {s.shape}")
+    norm = np.linalg.norm(s)
+    if norm == 0:
+        return float("nan")
+    return float(np.linalg.norm(s - s[::-1, ::-1]) / norm)
+
+
+def _layer_weight(layer: Any, suffix: str) -> torch.Tensor:
+    for name, parameter in unwrap_layer(layer).named_parameters():
+        parts = [p for p in name.split(".") if p != "_original_component"]
+        if parts[-2:] == [suffix, "weight"]:
+            return parameter.detach()
+    raise ValueError(f"layer {type(layer).__name__} has no {suffix}.weight")
+
+
+def weight_similarity(model: Any, module: str = "all") -> np.ndarray:
+    """Return the L × L cosine similarity of each layer's flattened `module` weights."""
+    if module != "all" and module not in MODULES:
+        raise ValueError(f"module must be 'all' or one of {sorted(MODULES)}, got {module!r}")
+    suffixes = list(MODULES.values()) if module == "all" else [MODULES[module]]
+    vectors = torch.stack(
+        [
+            torch.cat([_layer_weight(layer, s).float().flatten() for s in suffixes])
+            for layer in decoder_layers(model)
+        ]
+    )
+    vectors = torch.nn.functional.normalize(vectors, dim=-1)
+    return (vectors @ vectors.T).cpu().numpy().astype(np.float64)
+
+
+def symmetry_scores(
+    source: Any,
+    *,
+    block_size: int | None = None,
+    modules: tuple[str, ...] = ("all", *MODULES),
+) -> pd.DataFrame:
+    """Return the mirror asymmetry of similarity matrices, over all layers and the middle blocks.
+
+    `source` is a model (weight similarity per module in `modules`) or one
+    square similarity matrix. Without a block size (given, or from the growth
+    history of a model) only the "all" region is reported.
+    """
+    if isinstance(source, np.ndarray | torch.Tensor):
+        matrices = {"matrix": np.asarray(source, dtype=np.float64)}
+        label, note = "", ""
+    else:
+        matrices = {m: weight_similarity(source, m) for m in modules}
+        label, note = model_label(source), model_note(source)
+        if block_size is None and getattr(source, "depthcurse_info", None) is not None:
+            from depthcurse.analyses.perturbations import block_size_of
+
+            try:
+                block_size = block_size_of(source)
+            except ValueError:
+                block_size = None
+    rows = []
+    for name, matrix in matrices.items():
+        rows.append((name, "all", mirror_asymmetry(matrix)))
+        n = matrix.shape[0]
+        if block_size is not None and n - 2 * block_size >= 2:
+            middle = matrix[block_size : n - block_size, block_size : n - block_size]
+            rows.append((name, "middle", mirror_asymmetry(middle)))
+    table = pd.DataFrame(rows, columns=["matrix", "region", "value"])
+    table.insert(0, "model", label)
+    table["metric"] = "mirror_asymmetry"
+    table["block_size"] = block_size
+    table["note"] = note
+    return table
