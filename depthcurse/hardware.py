@@ -1,0 +1,115 @@
+"""Device facts the trainer needs: physical cores, peak FLOP/s, a readable device name.
+
+Nothing here imports torch at module level, so the CLI can size the CPU thread
+pool before torch starts it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+# Dense bf16 tensor-core peak FLOP/s without sparsity, from the vendors' data
+# sheets. Matched as substrings of `torch.cuda.get_device_name()`, first match
+# wins, so the more specific names come first.
+GPU_PEAK_FLOPS: list[tuple[str, float]] = [
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12),
+    ("V100", 125e12),
+    ("T4", 65e12),
+]
+
+
+def physical_cores() -> int:
+    """Return the number of physical cores this process may run on.
+
+    Counts distinct (package, core) pairs among the CPUs in the affinity mask,
+    so SMT siblings count once. Without Linux's sysfs topology it returns the
+    logical CPU count.
+    """
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            package = (topology / "physical_package_id").read_text().strip()
+            core = (topology / "core_id").read_text().strip()
+        except OSError:
+            return len(cpus)
+        cores.add((package, core))
+    return max(1, len(cores))
+
+
+def cpu_peak_flops(threads: int) -> float | None:
+    """Estimate the float32 peak FLOP/s of `threads` cores of this CPU, or None if unknown.
+
+    An estimate: cores x clock x FLOPs per cycle, with 2 FMA units of 16
+    float32 lanes (AVX-512) or 8 lanes (AVX2), i.e. 64 or 32 FLOPs per cycle,
+    and the clock from /proc/cpuinfo's "cpu MHz" (the current, not the boost,
+    clock). Real float32 GEMM on a core reaches well under this.
+    """
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    mhz, flags = None, ""
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "cpu MHz" and mhz is None:
+            mhz = float(value)
+        elif key == "flags" and not flags:
+            flags = value
+    if mhz is None:
+        return None
+    words = set(flags.split())
+    if "avx512f" in words:
+        per_cycle = 64
+    elif "avx2" in words and "fma" in words:
+        per_cycle = 32
+    else:
+        per_cycle = 8
+    return threads * mhz * 1e6 * per_cycle
+
+
+def device_description(device: Any) -> str:
+    """Return a human-readable name of a torch device: the GPU model or the CPU model."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"cpu ({line.partition(':')[2].strip()})"
+    except OSError:
+        pass
+    return "cpu"
+
+
+def peak_flops(device: Any, threads: int) -> tuple[float | None, str]:
+    """Return (peak FLOP/s, where the figure came from) for MFU on `device`."""
+    import torch
+
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, flops in GPU_PEAK_FLOPS:
+            if key in name:
+                return flops, f"bf16 data-sheet peak of {key}"
+        return None, f"no peak-FLOPs entry for {name!r}; set peak_flops"
+    flops = cpu_peak_flops(threads)
+    if flops is None:
+        return None, "unknown CPU peak; set peak_flops"
+    return flops, f"float32 estimate for {threads} core(s): clock x SIMD FMA width"
