@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from depthcurse.config import preset
 from depthcurse.evals import (
     TASKS,
     Instance,
@@ -186,6 +188,41 @@ def test_bootstrap_is_seeded(small_config):
     assert (first.nll_low, first.nll_high) == (again.nll_low, again.nll_high)
     assert first.nll_low <= first.nll <= first.nll_high
     assert first.perplexity_low <= first.perplexity <= first.perplexity_high
+
+
+def test_bridge_and_training_model_agree(small_config, tmp_path, tokenizer):
+    import depthcurse
+    from depthcurse.checkpoint import save_checkpoint
+
+    config = small_config.replace(vocab_size=400, max_seq_len=256)
+    model = DepthcurseLM(config).eval()
+    save_checkpoint(tmp_path / "c", model)
+    bridge = depthcurse.load(tmp_path / "c")
+    tokens = torch.randint(0, 400, (6, 24))
+    ours = heldout_nll(model, tokens, n_bootstrap=50)
+    hooked = heldout_nll(bridge, tokens, n_bootstrap=50)
+    # The bridge runs eager attention and our model SDPA: a few ulp apart in float32.
+    assert hooked.nll == pytest.approx(ours.nll, abs=1e-5)
+    prompt_set = instances_to_prompt_set(generate_all(n_per_level=2, seed=0, shots=1), tokenizer)
+    assert score_prompt_set(bridge, prompt_set) == score_prompt_set(model, prompt_set)
+
+
+def test_checkpoint_folder_scores_as_hf_model(small_config, tmp_path, tokenizer):
+    """Load the folder the way lm-eval's `hf` model type does and compare with our model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from depthcurse.checkpoint import save_checkpoint
+
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    model = DepthcurseLM(small_config.replace(vocab_size=400, max_seq_len=256)).eval()
+    save_checkpoint(tmp_path / "c", model, tokenizer_file=tmp_path / "tokenizer.json")
+    hf_model = AutoModelForCausalLM.from_pretrained(tmp_path / "c", local_files_only=True).eval()
+    hf_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "c", local_files_only=True)
+    ours = evaluate(model, tokenizer, ["arithmetic"], n_per_level=4, seed=0, shots=1)
+    theirs = evaluate(hf_model, hf_tokenizer, ["arithmetic"], n_per_level=4, seed=0, shots=1)
+    assert theirs.equals(ours)
+    text = training_documents(1, seed=0, tasks=["arithmetic"])[0]
+    assert hf_tokenizer.encode(text, add_special_tokens=False) == tokenizer.encode(text).ids
 
 
 def test_nll_rejects_bad_tokens():
@@ -464,6 +501,22 @@ def test_mixture_keeps_base_rows_and_counter():
     assert base.batches_drawn == 41
 
 
+def test_mixture_ranks_split_the_global_batch():
+    from depthcurse.data import BatchSampler, TokenStore
+
+    corpus = TokenStore(None, np.arange(1000, 5000, dtype=np.int64), 5000)
+    generated = np.arange(0, 900, dtype=np.int64)
+    weights = {"corpus": 0.5, "primitives": 0.5}
+
+    def mixture(rank: int, world_size: int, batch_size: int) -> MixtureSampler:
+        base = BatchSampler(corpus, batch_size, 16, seed=2, rank=rank, world_size=world_size)
+        return MixtureSampler(base, {"primitives": generated}, weights)
+
+    single = mixture(0, 1, 8).batch(3)[0]
+    halves = [mixture(rank, 2, 4).batch(3)[0] for rank in (0, 1)]
+    assert torch.equal(torch.cat(halves), single)
+
+
 def test_mixture_describe_and_bad_weights():
     sampler = _mixture(0.2)
     record = sampler.describe()
@@ -486,3 +539,137 @@ def test_primitive_tokens_are_separated_documents(tokenizer):
     assert int((tokens == 0).sum()) == 10
     assert tokenizer.decode(tokens[1 : int(np.flatnonzero(tokens == 0)[1])].tolist()) == documents[0]
     assert np.array_equal(tokens, encode_documents(documents, tokenizer, 0))
+
+
+# --- end to end: a small model learns from the cooldown mix -------------------------------------
+
+
+def _train(model, sampler, steps: int, lr: float = 3e-3) -> float:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 50))
+    model.train()
+    for _ in range(steps):
+        x, y = sampler.next_batch()
+        loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        warmup.step()
+    model.eval()
+    return loss.item()
+
+
+@pytest.mark.slow
+def test_cooldown_mix_teaches_depth_zero_assignment(capsys):
+    """A 2-layer tiny-shaped model: shared pretraining, then a cooldown with or without the mix."""
+    seed = int(os.environ.get("DEPTHCURSE_TEST_SEED", "0"))
+    torch.manual_seed(seed)
+    only_depth_zero = {
+        "tasks": ["variable_assignment"],
+        "levels": {"variable_assignment": [0]},
+    }
+    documents = training_documents(1500, seed=seed + 100, problems_per_document=4, **only_depth_zero)
+    corpus_text = _plain_corpus(3000, seed)
+    tokenizer = _bpe(corpus_text[:500] + documents[:200], vocab_size=384)
+    corpus = encode_documents(corpus_text, tokenizer, 0)
+    generated = encode_documents(documents, tokenizer, 0)
+    # Width 64 instead of tiny's 128, 2 layers: the smallest depth with an induction-style
+    # lookup. init_std 0.1 (tiny uses 0.02) lets attention specialise within a few hundred steps.
+    config = preset(
+        "tiny", vocab_size=384, d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, d_mlp=192,
+        max_seq_len=64, init_std=0.1,
+    )
+    pretrained = DepthcurseLM(config)
+    _train(pretrained, WindowSampler(corpus, 16, 64, seed), 100)
+
+    steps = 800
+    with_mix = copy.deepcopy(pretrained)
+    base = WindowSampler(corpus, 16, 64, seed)
+    base.batches_drawn = 100
+    mixture = MixtureSampler(base, {"primitives": generated}, {"corpus": 0.2, "primitives": 0.8})
+    _train(with_mix, mixture, steps)
+    without_mix = copy.deepcopy(pretrained)
+    plain = WindowSampler(corpus, 16, 64, seed)
+    plain.batches_drawn = 100
+    _train(without_mix, plain, steps)
+
+    def depth_zero_accuracy(model):
+        table = evaluate(
+            model, tokenizer, "variable_assignment", levels={"variable_assignment": [0]},
+            n_per_level=100, seed=seed + 7, shots=1,
+        )
+        hits = int(round((table["accuracy"] * table["n"]).sum()))
+        return table, hits, int(table["n"].sum())
+
+    mixed_table, mixed_hits, n = depth_zero_accuracy(with_mix)
+    plain_table, plain_hits, _ = depth_zero_accuracy(without_mix)
+    chance = float(mixed_table["chance"].mean())
+    low, high = wilson_interval(mixed_hits, n)
+    with capsys.disabled():
+        print(
+            f"\ndepth-0 variable assignment, n={n}: chance {chance:.3f} "
+            f"(guess among shown values {mixed_table['chance_in_prompt'].mean():.3f}); "
+            f"with cooldown mix {mixed_hits / n:.3f} [{low:.3f}, {high:.3f}]; "
+            f"without {plain_hits / n:.3f}"
+        )
+    assert low > chance  # the Wilson interval lies above a uniform guess over 0..9
+    assert plain_hits < mixed_hits
+
+
+# --- the trainer's cooldown option ---------------------------------------------------------------
+
+
+def test_trainer_cooldown_records_mix_and_resumes(tmp_path, tokenizer):
+    import json
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from depthcurse.checkpoint import read_metadata
+    from depthcurse.data import write_tokens
+    from depthcurse.train import TrainConfig, train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    tokenizer.save(str(data / "tokenizer.json"))
+    text = " ".join(_plain_corpus(400, seed=0))
+    write_tokens(data / "train.bin", np.array(tokenizer.encode(text).ids), 400)
+    write_tokens(data / "val.bin", np.array(tokenizer.encode(text[:3000]).ids), 400)
+    model = {"vocab_size": 400, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
+             "d_mlp": 64, "max_seq_len": 32}
+    config = TrainConfig(
+        model=model, data_dir=str(data), batch_size=4, max_steps=10, warmup_steps=2,
+        eval_interval=10, eval_batches=2, checkpoint_interval=4, log_interval=5, progress=False,
+        deterministic=True, cooldown_fraction=0.4, cooldown_weight=0.5, cooldown_documents=50,
+    )
+    assert config.cooldown_start() == 6
+    out = tmp_path / "run"
+    train(config, out)
+
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    cooldown = [r for r in records if r["kind"] == "cooldown"]
+    assert len(cooldown) == 1
+    assert cooldown[0]["step"] == 6
+    assert cooldown[0]["weights"] == {"corpus": 0.5, "primitives": 0.5}
+    assert "data_mix" not in read_metadata(out / "checkpoints" / "step-000004")
+    mix = read_metadata(out / "checkpoints" / "step-000008")["data_mix"]
+    assert mix["weights"] == {"corpus": 0.5, "primitives": 0.5}
+
+    final = out / "checkpoints" / "step-000010"
+    whole = load_file(final / "model.safetensors")
+    shutil.rmtree(final)
+    train(config, out, resume=True)  # resumes inside the cooldown, from step 8
+    again = load_file(final / "model.safetensors")
+    for name in whole:
+        assert torch.equal(whole[name], again[name]), name
+
+
+def test_trainer_rejects_bad_cooldown():
+    from depthcurse.config import ConfigError
+    from depthcurse.train import TrainConfig
+
+    with pytest.raises(ConfigError, match="cooldown_fraction.*1.5"):
+        TrainConfig(cooldown_fraction=1.5)
+    with pytest.raises(ConfigError, match="cooldown_documents.*0"):
+        TrainConfig(cooldown_documents=0)
+    assert TrainConfig().cooldown_start() is None

@@ -9,8 +9,11 @@ primitives (`primitives.training_documents`), by weights.
 (`batch(index)`, `next_batch()`, iteration, `state_dict()`,
 `load_state_dict()`), and batch k depends only on (seed, k) and the base
 sampler's batch k. Which rows come from which source is set by systematic
-sampling: with weights w and batch size B, source s gets floor(w_s * B) or
-ceil(w_s * B) rows, so every batch is within one row of the weights.
+sampling: with weights w and global batch size B (batch_size * world_size),
+source s gets floor(w_s * B) or ceil(w_s * B) rows, so every batch is within one
+row of the weights. As in `BatchSampler`, the draws cover the global batch and
+rank r keeps rows [r * batch_size, (r + 1) * batch_size), so ranks never
+duplicate a generated window.
 """
 
 from __future__ import annotations
@@ -111,6 +114,8 @@ class MixtureSampler:
         self.base_name = base_name
         self.batch_size = int(base.batch_size)
         self.seq_len = int(base.seq_len)
+        self.rank = int(getattr(base, "rank", 0))
+        self.world_size = int(getattr(base, "world_size", 1))
         self.seed = int(base.seed if seed is None else seed)
         self.names = names
         self.weights = {name: float(weights[name]) / total for name in names}
@@ -124,26 +129,36 @@ class MixtureSampler:
         self.batches_drawn = int(getattr(base, "batches_drawn", 0))
 
     def row_sources(self, index: int) -> list[str]:
-        """Return the source name of each row of batch `index`."""
+        """Return the source name of each of this rank's rows of batch `index`."""
+        return [self.names[i] for i in self._global_sources(index)[self._rows()]]
+
+    def _rows(self) -> slice:
+        return slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+
+    def _global_sources(self, index: int) -> np.ndarray:
+        """Return the source index of every row of the global batch `index`."""
         rng = np.random.default_rng([self.seed, index, _MIX_STREAM])
+        rows = self.batch_size * self.world_size
         cumulative = np.cumsum([self.weights[name] for name in self.names])
-        points = (rng.random() + np.arange(self.batch_size)) / self.batch_size
+        points = (rng.random() + np.arange(rows)) / rows
         picks = np.minimum(np.searchsorted(cumulative, points, side="right"), len(self.names) - 1)
-        order = rng.permutation(self.batch_size)
-        return [self.names[picks[order[row]]] for row in range(self.batch_size)]
+        return picks[rng.permutation(rows)]
 
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return batch `index` as int64 tensors (x, y) of shape (batch_size, seq_len)."""
+        """Return this rank's batch `index` as int64 tensors (x, y) of shape (batch_size, seq_len)."""
         x, y = self._base_batch(index)
         x, y = x.clone(), y.clone()
+        sources = self._global_sources(index)
         rng = np.random.default_rng([self.seed, index, _MIX_STREAM, 1])
-        for row, name in enumerate(self.row_sources(index)):
+        for source, name in enumerate(self.names):
             if name == self.base_name:
                 continue
             tokens = self.sources[name]
-            start = int(rng.integers(0, len(tokens) - self.seq_len))
-            window = torch.from_numpy(tokens[start : start + self.seq_len + 1].astype(np.int64))
-            x[row], y[row] = window[:-1], window[1:]
+            starts = rng.integers(0, len(tokens) - self.seq_len, size=len(sources))
+            for row in np.flatnonzero(sources[self._rows()] == source):
+                start = int(starts[self._rows()][row])
+                window = torch.from_numpy(tokens[start : start + self.seq_len + 1].astype(np.int64))
+                x[row], y[row] = window[:-1], window[1:]
         return x, y
 
     def _base_batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,7 +186,7 @@ class MixtureSampler:
         """Return the mixture for run records: normalized weights and each source's token count."""
         base_tokens = getattr(getattr(self.base, "store", None), "__len__", None)
         return {
-            "kind": "mixture",
+            "sampler": "MixtureSampler",
             "seed": self.seed,
             "weights": dict(self.weights),
             "tokens": {
@@ -179,7 +194,7 @@ class MixtureSampler:
                 **{name: int(len(tokens)) for name, tokens in self.sources.items()},
             },
             "base_path": str(getattr(getattr(self.base, "store", None), "path", "")) or None,
-            "batch_size": self.batch_size,
+            "global_batch_size": self.batch_size * self.world_size,
             "seq_len": self.seq_len,
         }
 
