@@ -673,3 +673,22 @@ def test_trainer_rejects_bad_cooldown():
     with pytest.raises(ConfigError, match="cooldown_documents.*0"):
         TrainConfig(cooldown_documents=0)
     assert TrainConfig().cooldown_start() is None
+
+
+def test_evaluate_command_writes_table(small_config, tmp_path, tokenizer):
+    from typer.testing import CliRunner
+
+    from depthcurse.checkpoint import save_checkpoint
+    from depthcurse.cli import app
+
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    model = DepthcurseLM(small_config.replace(vocab_size=400, max_seq_len=256))
+    save_checkpoint(tmp_path / "c", model, tokenizer_file=tmp_path / "tokenizer.json")
+    args = ["evaluate", str(tmp_path / "c"), "--tasks", "arithmetic", "--n-per-level", "3"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "t.csv")])
+    assert result.exit_code == 0, result.output
+    assert "chance_in_prompt" in result.output
+    assert len((tmp_path / "t.csv").read_text().splitlines()) == 4  # header + 3 levels
+    bad = CliRunner().invoke(app, ["evaluate", str(tmp_path / "c"), "--tasks", "logic"])
+    assert bad.exit_code != 0
+    assert "'logic'" in bad.output
