@@ -549,7 +549,7 @@ def _train(model, sampler, steps: int, lr: float = 3e-3) -> float:
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 50))
     model.train()
     for _ in range(steps):
-        x, y = sampler.next_batch()
+        x, y = next(sampler)
         loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
         optimizer.zero_grad()
         loss.backward()
@@ -560,8 +560,10 @@ def _train(model, sampler, steps: int, lr: float = 3e-3) -> float:
 
 
 @pytest.mark.slow
-def test_cooldown_mix_teaches_depth_zero_assignment(capsys):
+def test_cooldown_mix_teaches_depth_zero_assignment(capsys, tmp_path):
     """A 2-layer tiny-shaped model: shared pretraining, then a cooldown with or without the mix."""
+    from depthcurse.data import BatchSampler, open_tokens, write_tokens
+
     seed = int(os.environ.get("DEPTHCURSE_TEST_SEED", "0"))
     torch.manual_seed(seed)
     only_depth_zero = {
@@ -571,7 +573,8 @@ def test_cooldown_mix_teaches_depth_zero_assignment(capsys):
     documents = training_documents(1500, seed=seed + 100, problems_per_document=4, **only_depth_zero)
     corpus_text = _plain_corpus(3000, seed)
     tokenizer = _bpe(corpus_text[:500] + documents[:200], vocab_size=384)
-    corpus = encode_documents(corpus_text, tokenizer, 0)
+    write_tokens(tmp_path / "train.bin", encode_documents(corpus_text, tokenizer, 0), 384)
+    corpus = open_tokens(tmp_path / "train.bin")
     generated = encode_documents(documents, tokenizer, 0)
     # Width 64 instead of tiny's 128, 2 layers: the smallest depth with an induction-style
     # lookup. init_std 0.1 (tiny uses 0.02) lets attention specialise within a few hundred steps.
@@ -580,16 +583,16 @@ def test_cooldown_mix_teaches_depth_zero_assignment(capsys):
         max_seq_len=64, init_std=0.1,
     )
     pretrained = DepthcurseLM(config)
-    _train(pretrained, WindowSampler(corpus, 16, 64, seed), 100)
+    _train(pretrained, BatchSampler(corpus, 16, 64, seed), 100)
 
     steps = 800
     with_mix = copy.deepcopy(pretrained)
-    base = WindowSampler(corpus, 16, 64, seed)
+    base = BatchSampler(corpus, 16, 64, seed)
     base.batches_drawn = 100
     mixture = MixtureSampler(base, {"primitives": generated}, {"corpus": 0.2, "primitives": 0.8})
     _train(with_mix, mixture, steps)
     without_mix = copy.deepcopy(pretrained)
-    plain = WindowSampler(corpus, 16, 64, seed)
+    plain = BatchSampler(corpus, 16, 64, seed)
     plain.batches_drawn = 100
     _train(without_mix, plain, steps)
 
@@ -612,6 +615,9 @@ def test_cooldown_mix_teaches_depth_zero_assignment(capsys):
             f"with cooldown mix {mixed_hits / n:.3f} [{low:.3f}, {high:.3f}]; "
             f"without {plain_hits / n:.3f}"
         )
+    # NOTE: at this budget the model learns to answer with a value from the prompt (accuracy
+    # about 0.2 over seeds 0-2), not yet which value is bound to the queried variable: it stays
+    # below chance_in_prompt (1/3). Binding appeared after about 2,700 steps in longer runs.
     assert low > chance  # the Wilson interval lies above a uniform guess over 0..9
     assert plain_hits < mixed_hits
 
