@@ -3,7 +3,7 @@
 Scoring is teacher-forced: one forward pass over prompt + answer tokens, and an
 instance is correct when the argmax at every answer position equals the next
 answer token. For exact match this is the same as greedy decoding of as many
-tokens as the answer has: greedy decoding reproduces the answer exactly if and
+tokens as the answer has. Greedy decoding reproduces the answer exactly if and
 only if each argmax, given the prompt and the answer tokens before it, is the
 next answer token. The match is on the canonical tokenization of the answer
 (the answer text encoded on its own); a model that spells the same text with
@@ -192,9 +192,9 @@ def evaluate(
     """Score `model` on generated reasoning primitives; one row per (task, form, level).
 
     Columns: task, form, level, accuracy, ci_low, ci_high (Wilson interval at
-    `confidence`), n, chance (uniform guess over all answers of the level) and
-    chance_in_prompt (uniform guess among the candidates shown in the query;
-    see `depthcurse.evals.primitives`). `model` is anything `model_logits` accepts
+    `confidence`), n, chance and chance_in_prompt. `chance` is a uniform guess
+    over all answers of the level, and `chance_in_prompt` a uniform guess among
+    the candidates shown in the query (see `depthcurse.evals.primitives`). `model` is anything `model_logits` accepts
     (`DepthcurseLM`, `TransformerBridge`, a transformers causal LM). With
     `return_prompts=True` the `PromptSet` of the instances, with a `correct`
     label per prompt, is returned as well. Extra keyword arguments go to the
@@ -209,7 +209,7 @@ def evaluate(
     longest = max(len(p.token_ids) for p in prompt_set.prompts)
     if isinstance(max_len, int) and longest > max_len:
         raise ValueError(
-            f"the longest prompt has {longest} tokens but the model takes at most {max_len}; "
+            f"the longest prompt has {longest} tokens but the model's max_seq_len is {max_len}; "
             "lower shots or the levels"
         )
     correct = score_prompt_set(model, prompt_set, batch_size)

@@ -49,9 +49,9 @@ def model_logits(
 ) -> Float[Tensor, "batch pos vocab"]:
     """Run `model` on token ids and return its logits.
 
-    Works for `DepthcurseLM`, a TransformerLens `TransformerBridge` (whose
-    `return_type` defaults to "logits"; it is passed explicitly), a transformers
-    causal LM (output with `.logits`) and any callable returning logits. Inputs
+    Works for `DepthcurseLM`, a TransformerLens `TransformerBridge` (called with
+    `return_type="logits"`), a transformers causal LM (output with `.logits`) and
+    any callable returning logits. Inputs
     are right padded, so no attention mask is passed: under causal attention a
     real token never attends to the padding after it.
     """
@@ -81,7 +81,7 @@ def _model_device(model: Any) -> torch.device:
 def _windows_from_flat(tokens: np.ndarray, seq_len: int) -> list[np.ndarray]:
     """Split a 1-D token array into non-overlapping windows of seq_len + 1 tokens.
 
-    Window i holds tokens [i * seq_len, (i + 1) * seq_len]; consecutive windows
+    Window i contains tokens [i * seq_len, (i + 1) * seq_len]; consecutive windows
     share one token, so every token after the first is predicted exactly once.
     A last window shorter than seq_len + 1 is dropped.
     """

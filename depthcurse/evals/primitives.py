@@ -16,7 +16,7 @@ arXiv 2409.19044):
   intermediate result >= 0.
 
 Every instance is `shots` solved problems of the same task, form and level,
-then the query; the answer follows the prompt directly (it starts with a space).
+then the query. The answer follows the prompt directly and starts with a space.
 
 Answer visibility (the exact rule that `answer_visibility_errors` checks; a
 number "occurs" when it appears with no digit directly before or after it):
@@ -195,6 +195,7 @@ def _assignment_problem(
             "and the shots; raise max_value or lower n_distractors"
         )
     chosen = rng.sample(values, n_distractors + (answer is None))
+
     root_value = answer if answer is not None else chosen.pop()
     # Chain 0 is the queried one with exactly `depth` hops; distractor chains have 0..depth hops.
     chains: list[list[tuple[str, str]]] = []
@@ -204,6 +205,7 @@ def _assignment_problem(
         links = [(chain_names[0], value)]
         links += [(chain_names[i], chain_names[i - 1]) for i in range(1, len(chain_names))]
         chains.append(links)
+
     order = [c for c, links in enumerate(chains) for _ in links]
     rng.shuffle(order)
     position = [0] * len(chains)
@@ -214,6 +216,7 @@ def _assignment_problem(
             root_index = len(statements)
         statements.append(_statement(form, name, value))
         position[chain] += 1
+
     target = chains[0][-1][0]
     if form == "text":
         body = ". ".join(s[0].upper() + s[1:] for s in statements) + "."
@@ -224,6 +227,7 @@ def _assignment_problem(
         text = "\n".join(statements) + f"\nprint({target})  # prints"
         before = "\n".join(statements[:root_index])
         root_offset = len(before) + (1 if root_index else 0) + len(statements[root_index]) - len(root_value)
+
     bindings = {name: chain[0][1] for chain in chains for name, _ in chain}
     meta = {
         "target": target,
@@ -430,7 +434,7 @@ def training_documents(
 ) -> list[str]:
     """Generate solved reasoning-primitive problems as training text, one string per document.
 
-    Each document holds `problems_per_document` solved problems of one task,
+    Each document contains `problems_per_document` solved problems of one task,
     form and level in the evaluation format, cycling through every (task,
     form, level) asked for. Induction problems show the whole copy. With
     `all_queries`, a variable assignment problem is followed by queries of all
@@ -440,7 +444,12 @@ def training_documents(
     an evaluation prompt by chance.
     """
     _check_positive(n_documents=n_documents, problems_per_document=problems_per_document)
-    tasks = list(TASKS) if tasks is None else [tasks] if isinstance(tasks, str) else list(tasks)
+    if tasks is None:
+        tasks = list(TASKS)
+    elif isinstance(tasks, str):
+        tasks = [tasks]
+    else:
+        tasks = list(tasks)
     combos = []
     for task in tasks:
         check_task(task)
