@@ -106,3 +106,45 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@app.command("evaluate")
+def evaluate_command(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder with tokenizer.json.")],
+    tasks: Annotated[
+        str, typer.Option(help="Comma-separated tasks: induction, variable_assignment, arithmetic.")
+    ] = "induction,variable_assignment,arithmetic",
+    n_per_level: Annotated[int, typer.Option(help="Instances per task, form and level.")] = 100,
+    shots: Annotated[int, typer.Option(help="Solved examples before each query.")] = 3,
+    seed: Annotated[int, typer.Option(help="Seed of the generated instances.")] = 0,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Prepared data folder: also report NLL on its val.bin.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the accuracy table to this CSV file.")] = None,
+) -> None:
+    """Score a checkpoint on generated reasoning primitives (and held-out NLL with --data)."""
+    from depthcurse.checkpoint import CheckpointError, load_checkpoint
+    from depthcurse.data import load_tokenizer, open_tokens
+    from depthcurse.evals import PrimitiveError, TokenizerError, evaluate, heldout_nll
+
+    tokenizer_file = checkpoint / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise typer.BadParameter(f"{tokenizer_file} not found; save the checkpoint with its tokenizer")
+    try:
+        model, _ = load_checkpoint(checkpoint)
+        tokenizer = load_tokenizer(tokenizer_file)
+        table = evaluate(
+            model.eval(), tokenizer, [t.strip() for t in tasks.split(",")],
+            n_per_level=n_per_level, seed=seed, shots=shots,
+        )
+    except (CheckpointError, PrimitiveError, TokenizerError, ValueError) as err:
+        raise typer.BadParameter(str(err)) from err
+    typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if out is not None:
+        table.to_csv(out, index=False)
+    if data is not None:
+        result = heldout_nll(model, open_tokens(data / "val.bin"), seq_len=model.cfg.max_seq_len)
+        typer.echo(
+            f"held-out NLL {result.nll:.4f} [{result.nll_low:.4f}, {result.nll_high:.4f}] nats/token, "
+            f"perplexity {result.perplexity:.2f}, {result.n_tokens} tokens in {result.n_sequences} sequences"
+        )

@@ -171,6 +171,12 @@ class TrainConfig:
     """Peak FLOP/s of one device for MFU; None looks the device up (see depthcurse.hardware)."""
     progress: bool = True
     """Show a progress bar."""
+    cooldown_fraction: float = 0.0
+    """Fraction of max_steps at the end trained on the cooldown mix; 0 disables the mix."""
+    cooldown_weight: float = 0.3
+    """Share of cooldown batch rows drawn from generated reasoning-primitive text."""
+    cooldown_documents: int = 20000
+    """Generated reasoning-primitive documents in the cooldown mix (depthcurse.evals)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -206,6 +212,19 @@ class TrainConfig:
             )
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if not 0 <= self.cooldown_fraction < 1 or not 0 <= self.cooldown_weight <= 1:
+            raise ConfigError(
+                f"cooldown_fraction must lie in [0, 1) and cooldown_weight in [0, 1], got "
+                f"{self.cooldown_fraction} and {self.cooldown_weight}"
+            )
+        if self.cooldown_documents <= 0:
+            raise ConfigError(f"cooldown_documents must be positive, got {self.cooldown_documents}")
+
+    def cooldown_start(self) -> int | None:
+        """Return the first step trained on the cooldown mix, or None when it is disabled."""
+        if self.cooldown_fraction == 0:
+            return None
+        return self.max_steps - max(1, round(self.cooldown_fraction * self.max_steps))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -719,6 +738,8 @@ class Trainer:
             )
         self.optimizer = build_optimizer(self.model, self.cfg, self.runtime.device)
         load_optimizer_state(self.optimizer, self.model, state["optimizer"])
+        if "base" in state["sampler"]:  # saved during the cooldown: a MixtureSampler state
+            self.start_cooldown()
         self.sampler.load_state_dict(state["sampler"])
         # The metric window open at the checkpoint, so a resumed run logs the same means.
         self.window.update(state["log_window"])
@@ -854,6 +875,31 @@ class Trainer:
             "seconds": time.perf_counter() - started,
         }
 
+    @property
+    def in_cooldown(self) -> bool:
+        return hasattr(self.sampler, "describe")
+
+    def start_cooldown(self) -> dict[str, Any]:
+        """Switch to the cooldown mix: default corpus plus generated primitive text, by weight."""
+        from depthcurse.data import load_tokenizer, separator_id
+        from depthcurse.evals import MixtureSampler, primitive_tokens
+
+        if self.tokenizer_file is None:
+            raise TrainError(
+                f"the cooldown mix needs {self.data_dir / 'tokenizer.json'} to encode generated "
+                "text; prepare the data folder with depthcurse.data.prepare_data"
+            )
+        tokenizer = load_tokenizer(self.tokenizer_file)
+        generated = primitive_tokens(
+            tokenizer, separator_id(tokenizer, self.tokenizer_file), self.cfg.cooldown_documents,
+            seed=self.cfg.seed,
+        )
+        weight = self.cfg.cooldown_weight
+        self.sampler = MixtureSampler(
+            self.sampler, {"primitives": generated}, {"corpus": 1 - weight, "primitives": weight}
+        )
+        return {"kind": "cooldown", "step": self.step, **self.sampler.describe()}
+
     def save(self) -> Path:
         """Write checkpoint ``step-XXXXXX`` (rank 0) and return its folder."""
         folder = self.out / CHECKPOINT_DIR / f"step-{self.step:06d}"
@@ -866,6 +912,7 @@ class Trainer:
                 "initial_depth": self.plan.depths[0],
                 "train_config": self.cfg.to_dict(),
                 **self.lineage.to_metadata(),
+                **({"data_mix": self.sampler.describe()} if self.in_cooldown else {}),
             }
             save_checkpoint(folder, self.model, tokenizer_file=self.tokenizer_file,
                             metadata=metadata, training_state=self._training_state())
@@ -1017,6 +1064,11 @@ def _fit(trainer: Trainer, log: RunLog) -> TrainResult:
                 f"{event['depth_after']} (stage {event['stage']}/{len(plan.depths)}, copied layers "
                 f"{event['sources']}) in {event['seconds']:.3f} s"
             )
+        cooldown_start = cfg.cooldown_start()
+        if cooldown_start is not None and trainer.step >= cooldown_start and not trainer.in_cooldown:
+            event = trainer.start_cooldown()
+            log.record(event)
+            log.line(f"step {trainer.step}: cooldown mix {event['weights']} ({event['tokens']} tokens)")
         started = time.perf_counter()
         loss, grad_norm, lr = trainer.train_step()
         if rt.device.type == "cuda":
