@@ -1,0 +1,370 @@
+"""Run the whole analysis suite on one hooked model, and save or read its tables.
+
+`run_suite` is what `depthcurse analyze`, `depthcurse compare` and
+`depthcurse reproduce` call for each model. It returns one tidy table per
+analysis, each with a `model` column, and caches every table by (model hash,
+analysis, arguments) when given a `ResultCache`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from depthcurse.cache import ResultCache
+
+STREAM_ANALYSES = ("residual_norms", "contributions", "cosines", "logit_lens", "layer_similarity")
+ANALYSES = (
+    *STREAM_ANALYSES,
+    "weight_similarity",
+    "tuned_lens",
+    "skip_effects",
+    "depth_score",
+    "perturbations",
+    "pruning",
+    "periodicity",
+    "symmetry",
+    "evaluation",
+    "heldout_nll",
+)
+
+
+@dataclass
+class SuiteOptions:
+    """Sizes and choices of one suite run; they are part of every cache key."""
+
+    n_prompts: int = 20
+    """Validation-split prompts the analyses run on."""
+    prompt_tokens: int = 128
+    """Tokens per prompt (capped at the model's context length)."""
+    batch_size: int = 8
+    """Prompts per forward pass."""
+    skip_parts: tuple[str, ...] = ("layer", "attn", "mlp")
+    """Sublayers whose skip-effect matrices are computed."""
+    skip_mode: str = "current"
+    """Skip-effect mode: "current" or "future" (Csordás et al. 2025)."""
+    tuned_lens_steps: int = 100
+    """Optimizer steps for the tuned-lens translators, trained on other validation prompts."""
+    eval_n_per_level: int = 40
+    """Generated reasoning-primitive instances per task and level."""
+    eval_shots: int = 3
+    """Few-shot examples before each query."""
+    depth_score_per_level: bool = True
+    """Also compute the depth score on the reasoning-primitive prompts of each level."""
+    depth_score_prompts: int = 8
+    """Prompts per level for the per-level depth score (future-mode skips are costly)."""
+    block_size: int | None = None
+    """Block size for block perturbations and symmetry; None reads it from the growth history."""
+    seed: int = 0
+    """Seed of prompt sampling, bootstraps and generated tasks."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SuiteOptions:
+        from depthcurse.config import check_keys
+
+        check_keys(cls, values, "analysis option")
+        values = dict(values)
+        if "skip_parts" in values:
+            values["skip_parts"] = tuple(values["skip_parts"])
+        return cls(**values)
+
+
+def check_analyses(only: Iterable[str] | None) -> tuple[str, ...]:
+    """Return the requested analysis names in suite order, rejecting unknown ones by name."""
+    if only is None:
+        return ANALYSES
+    requested = list(only)
+    unknown = [name for name in requested if name not in ANALYSES]
+    if unknown:
+        raise ValueError(f"unknown analysis {unknown[0]!r}; choose from: {', '.join(ANALYSES)}")
+    return tuple(name for name in ANALYSES if name in requested)
+
+
+def model_label(model: Any) -> str:
+    info = getattr(model, "depthcurse_info", None)
+    return Path(info.source).name if info is not None else type(model).__name__
+
+
+def suite_prompts(model: Any, options: SuiteOptions, *, offset: int = 0) -> Any:
+    """Return validation-split prompts for `model`'s tokenizer; `offset` skips that many prompts."""
+    from depthcurse.prompts import PromptSet, validation_prompts
+
+    n_ctx = int(getattr(model.cfg, "n_ctx", None) or options.prompt_tokens)
+    tokens = min(options.prompt_tokens, n_ctx)
+    prompts = validation_prompts(model.tokenizer, options.n_prompts + offset, tokens)
+    chosen = prompts.prompts[offset : offset + options.n_prompts]
+    return PromptSet(f"validation-{offset}", chosen, prompts.prepend_bos, prompts.pad_id)
+
+
+def run_suite(
+    model: Any,
+    prompts: Any = None,
+    *,
+    only: Iterable[str] | None = None,
+    options: SuiteOptions | None = None,
+    label: str | None = None,
+    cache: ResultCache | None = None,
+    model_digest: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Run the requested analyses on `model` and return {analysis name: table}.
+
+    `prompts` defaults to `options.n_prompts` validation-split prompts of the
+    default corpus. With `cache` and `model_digest`, each table is read from
+    or written to the cache, keyed also by the options and the prompt set.
+    """
+    options = options or SuiteOptions()
+    names = check_analyses(only)
+    label = label or model_label(model)
+    prompts = prompts if prompts is not None else suite_prompts(model, options)
+    tables: dict[str, pd.DataFrame] = {}
+    arguments = {"options": options.to_dict(), "prompts": prompt_fingerprint(prompts)}
+
+    def compute(name: str, function: Callable[[], pd.DataFrame]) -> None:
+        if progress is not None:
+            progress(name)
+        if cache is not None and model_digest is not None:
+            table = cache.get_or_compute(model_digest, name, arguments, function)
+        else:
+            table = function()
+        table = table.copy()
+        table["model"] = label
+        tables[name] = table
+
+    stream_names = [n for n in names if n in STREAM_ANALYSES]
+    if stream_names:
+        stream_tables = _stream_tables(
+            model, prompts, stream_names, options, cache, model_digest, arguments
+        )
+        for name in stream_names:
+            compute(name, lambda name=name: stream_tables[name]())
+    for name in names:
+        if name in STREAM_ANALYSES:
+            continue
+        compute(name, lambda name=name: _ANALYSIS_RUNNERS[name](model, prompts, options, tables))
+    return tables
+
+
+def _stream_tables(
+    model: Any,
+    prompts: Any,
+    names: list[str],
+    options: SuiteOptions,
+    cache: ResultCache | None,
+    model_digest: str | None,
+    arguments: dict[str, Any],
+) -> dict[str, Callable[[], pd.DataFrame]]:
+    """Return lazy table builders sharing one forward pass, run only on a cache miss."""
+    from depthcurse.analyses import collect_stream
+
+    state: dict[str, Any] = {}
+
+    def stats() -> Any:
+        if "stats" not in state:
+            state["stats"] = collect_stream(
+                model, prompts, analyses=names, batch_size=options.batch_size
+            )
+        return state["stats"]
+
+    builders = {
+        "residual_norms": lambda: stats().residual_norms(),
+        "contributions": lambda: stats().contributions(),
+        "cosines": lambda: stats().cosines(),
+        "logit_lens": lambda: stats().logit_lens(),
+        "layer_similarity": lambda: stats().layer_similarity(weights=False),
+    }
+    return {name: builders[name] for name in names}
+
+
+def _weight_similarity(
+    model: Any, prompts: Any, options: SuiteOptions, tables: dict
+) -> pd.DataFrame:
+    from depthcurse.analyses import weight_similarity
+
+    return weight_similarity(model)
+
+
+def _tuned_lens(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -> pd.DataFrame:
+    from depthcurse.analyses import train_tuned_lens, tuned_lens
+
+    train_prompts = suite_prompts(model, options, offset=len(prompts))
+    lens = train_tuned_lens(
+        model,
+        train_prompts,
+        steps=options.tuned_lens_steps,
+        batch_size=options.batch_size,
+        seed=options.seed,
+        save=False,
+    )
+    return tuned_lens(model, prompts, lens=lens, batch_size=options.batch_size)
+
+
+def _skip_effects(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -> pd.DataFrame:
+    from depthcurse.analyses.skip_effects import skip_effects
+
+    return skip_effects(
+        model,
+        prompts,
+        parts=options.skip_parts,
+        mode=options.skip_mode,
+        batch_size=options.batch_size,
+        seed=options.seed,
+    )
+
+
+def _depth_score(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -> pd.DataFrame:
+    from depthcurse.analyses.depth_score import depth_score
+
+    sets: dict[str, Any] = {"validation": prompts}
+    if options.depth_score_per_level:
+        sets.update(_primitive_level_sets(model, options))
+    return depth_score(
+        model, sets, part="layer", mode="future", seed=options.seed, batch_size=options.batch_size
+    )
+
+
+def _primitive_level_sets(model: Any, options: SuiteOptions) -> dict[str, Any]:
+    """Return {"variable_assignment/level=k": prompts} for each depth of variable assignment."""
+    from depthcurse.evals import evaluate
+    from depthcurse.prompts import PromptSet
+
+    _, prompt_set = evaluate(
+        model,
+        model.tokenizer,
+        tasks=["variable_assignment"],
+        n_per_level=options.depth_score_prompts,
+        seed=options.seed,
+        shots=options.eval_shots,
+        return_prompts=True,
+    )
+    sets = {}
+    for level in sorted({p.labels.get("level") for p in prompt_set.prompts}):
+        chosen = [p for p in prompt_set.prompts if p.labels.get("level") == level]
+        sets[f"variable_assignment/level={level}"] = PromptSet(
+            f"variable_assignment-{level}", chosen, prompt_set.prepend_bos, prompt_set.pad_id
+        )
+    return sets
+
+
+def _perturbations(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -> pd.DataFrame:
+    from depthcurse.analyses.perturbations import perturbations
+
+    return perturbations(
+        model,
+        prompts,
+        block_size=options.block_size,
+        seed=options.seed,
+        batch_size=options.batch_size,
+    )
+
+
+def _pruning(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -> pd.DataFrame:
+    from depthcurse.analyses.pruning import pruning_metrics
+
+    return pruning_metrics(model, prompts, batch_size=options.batch_size)
+
+
+def _periodicity(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -> pd.DataFrame:
+    from depthcurse.analyses.periodicity import periodicity
+
+    return periodicity(model, prompts, batch_size=options.batch_size)
+
+
+def _symmetry(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -> pd.DataFrame:
+    from depthcurse.analyses.symmetry import symmetry_scores
+
+    return symmetry_scores(model, block_size=options.block_size)
+
+
+def _evaluation(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -> pd.DataFrame:
+    from depthcurse.evals import evaluate
+
+    return evaluate(
+        model,
+        model.tokenizer,
+        n_per_level=options.eval_n_per_level,
+        seed=options.seed,
+        shots=options.eval_shots,
+        batch_size=options.batch_size,
+    )
+
+
+def _heldout_nll(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -> pd.DataFrame:
+    import torch
+
+    from depthcurse.evals import heldout_nll
+
+    width = min(len(p.token_ids) for p in prompts.prompts)
+    tokens = torch.tensor([p.token_ids[:width] for p in prompts.prompts])
+    result = heldout_nll(model, tokens, batch_size=options.batch_size, seed=options.seed)
+    return pd.DataFrame([result.to_dict()])
+
+
+_ANALYSIS_RUNNERS: dict[str, Callable[[Any, Any, SuiteOptions, dict], pd.DataFrame]] = {
+    "weight_similarity": _weight_similarity,
+    "tuned_lens": _tuned_lens,
+    "skip_effects": _skip_effects,
+    "depth_score": _depth_score,
+    "perturbations": _perturbations,
+    "pruning": _pruning,
+    "periodicity": _periodicity,
+    "symmetry": _symmetry,
+    "evaluation": _evaluation,
+    "heldout_nll": _heldout_nll,
+}
+
+
+def prompt_fingerprint(prompts: Any) -> str:
+    """Return a short hash of a prompt set's token ids, for cache keys."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for prompt in getattr(prompts, "prompts", []):
+        digest.update(json.dumps(prompt.token_ids).encode())
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------
+# Saving and reading tables
+
+
+def save_tables(tables: dict[str, pd.DataFrame], folder: str | Path) -> Path:
+    """Write each table as `NAME.parquet` and `NAME.csv` into `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():
+        table = parquet_safe(table)
+        table.to_parquet(folder / f"{name}.parquet", index=False)
+        table.to_csv(folder / f"{name}.csv", index=False)
+    return folder
+
+
+def parquet_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """Return `table` with mixed-type object columns turned into strings, which parquet needs."""
+    table = table.copy()
+    for column in table.columns:
+        if table[column].dtype == object:
+            kinds = {type(v) for v in table[column].dropna()}
+            if len(kinds) > 1 or kinds & {list, dict, tuple}:
+                table[column] = table[column].map(lambda v: v if v is None else str(v))
+    return table
+
+
+def load_tables(folder: str | Path) -> dict[str, pd.DataFrame]:
+    """Read every `NAME.parquet` in `folder` back as {NAME: table}."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"table folder {folder} does not exist; run the analyses first")
+    tables = {path.stem: pd.read_parquet(path) for path in sorted(folder.glob("*.parquet"))}
+    if not tables:
+        raise FileNotFoundError(f"{folder} holds no .parquet tables; run the analyses first")
+    return tables
