@@ -219,8 +219,9 @@ def _stage_column(table: pd.DataFrame) -> str | None:
 
 
 def _last_checkpoint(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Keep each model's rows of its last checkpoint, and all rows of models without one."""
     last = table.groupby("model")[column].transform("max")
-    return table[table[column] == last]
+    return table[(table[column] == last) | last.isna()]
 
 
 def prepare_tables(tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -245,6 +246,8 @@ def planned_figures(tables: Mapping[str, pd.DataFrame]) -> list[tuple[str, Calla
         by = _stage_column(table)
         if by is not None and spec.stages is not None:
             for model, rows in table.groupby("model", sort=False):
+                if rows[by].nunique() < 2:
+                    continue
                 stem = f"{spec.name}-over-{by}-{_slug(model)}"
                 plans.append((stem, lambda s=spec, r=rows, b=by: s.stages(r, b), rows))
         if by is not None:

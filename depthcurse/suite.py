@@ -65,7 +65,7 @@ class SuiteOptions:
     block_size: int | None = None
     """Block size for block perturbations and symmetry. None reads it from the growth
     history, and a model without one (a baseline, a public model) uses
-    `FALLBACK_BLOCK_SIZE`."""
+    `FALLBACK_BLOCK_SIZE` (1 when that does not divide its depth)."""
     seed: int = 0
     """Seed of prompt sampling, bootstraps and generated tasks."""
 
@@ -261,7 +261,7 @@ def _primitive_level_sets(model: Any, options: SuiteOptions) -> dict[str, Any]:
 
 
 def block_size_for(model: Any, options: SuiteOptions) -> int:
-    """Return `options.block_size`, else the growth history's, else `FALLBACK_BLOCK_SIZE`."""
+    """Return `options.block_size`, else the growth history's, else `FALLBACK_BLOCK_SIZE` or 1."""
     from depthcurse.analyses.perturbations import block_size_of
 
     if options.block_size is not None:
@@ -271,7 +271,7 @@ def block_size_for(model: Any, options: SuiteOptions) -> int:
     except ValueError:
         # NOTE: a model that was never grown has no block size of its own; compare it with
         # grown models by passing theirs in SuiteOptions.block_size.
-        return FALLBACK_BLOCK_SIZE
+        return FALLBACK_BLOCK_SIZE if model.cfg.n_layers % FALLBACK_BLOCK_SIZE == 0 else 1
 
 
 def _perturbations(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -> pd.DataFrame:
