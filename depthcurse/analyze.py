@@ -265,7 +265,7 @@ def summary_metrics(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "metric", "value", "ci_low", "ci_high"])
 
 
-def _verdict(a: pd.Series, b: pd.Series) -> str:
+def _verdict(a: Any, b: Any) -> str:
     if np.isfinite([a.ci_low, a.ci_high, b.ci_low, b.ci_high]).all():
         disjoint = a.ci_high < b.ci_low or b.ci_high < a.ci_low
         return "yes, intervals disjoint" if disjoint else "no, intervals overlap"
@@ -274,7 +274,7 @@ def _verdict(a: pd.Series, b: pd.Series) -> str:
     return f"{100 * relative:.0f}% apart, no interval"
 
 
-def _cell(row: pd.Series) -> str:
+def _cell(row: Any) -> str:
     if np.isfinite([row.ci_low, row.ci_high]).all():
         return f"{row.value:.4g} [{row.ci_low:.4g}, {row.ci_high:.4g}]"
     return f"{row.value:.4g}"

@@ -18,34 +18,46 @@ from matplotlib.figure import Figure
 
 
 def plot_evaluation(table: pd.DataFrame) -> Figure:
-    """Draw accuracy against level with its interval, one panel per task, one line per model."""
+    """Draw accuracy against level with its interval: a panel per task, a colour per model, a line style per form."""
     needed = {"task", "level", "accuracy", "ci_low", "ci_high"}
     if table.empty or not needed <= set(table.columns):
         raise ValueError(f"expected an evaluation table with columns {sorted(needed)}")
     tasks = list(dict.fromkeys(table["task"]))
     fig = Figure(figsize=(3 * len(tasks), 2.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(tasks), sharey=True))
-    keys = [c for c in ("model", "form") if c in table.columns]
+    models = list(dict.fromkeys(table["model"])) if "model" in table.columns else [None]
+    forms = list(dict.fromkeys(table["form"])) if "form" in table.columns else [None]
+    styles = ["-", "--", ":", "-."]
     for ax, task in zip(axes, tasks, strict=True):
         rows = table[table["task"] == task]
-        for key, curve in rows.groupby(keys, sort=False):
-            curve = curve.sort_values("level")
-            label = " / ".join(map(str, key)) if isinstance(key, tuple) else str(key)
-            errors = np.vstack(
-                [curve["accuracy"] - curve["ci_low"], curve["ci_high"] - curve["accuracy"]]
-            )
-            ax.errorbar(
-                curve["level"], curve["accuracy"], yerr=np.abs(errors),
-                marker="o", markersize=3, capsize=2, label=label,
-            )
+        for m_index, model in enumerate(models):
+            for f_index, form in enumerate(forms):
+                curve = rows
+                if model is not None:
+                    curve = curve[curve["model"] == model]
+                if form is not None:
+                    curve = curve[curve["form"] == form]
+                if curve.empty:
+                    continue
+                curve = curve.sort_values("level")
+                errors = np.vstack(
+                    [curve["accuracy"] - curve["ci_low"], curve["ci_high"] - curve["accuracy"]]
+                )
+                label = " / ".join(str(x) for x in (model, form) if x is not None)
+                ax.errorbar(
+                    curve["level"], curve["accuracy"], yerr=np.abs(errors), color=f"C{m_index}",
+                    linestyle=styles[f_index % len(styles)], marker="o", markersize=3,
+                    capsize=2, elinewidth=0.6, label=label,
+                )
         if "chance" in rows.columns:
             chance = rows.groupby("level")["chance"].mean()
-            ax.plot(chance.index, chance.to_numpy(), "k--", linewidth=0.8, label="chance")
+            ax.plot(chance.index, chance.to_numpy(), "k:", linewidth=0.8, label="chance")
         ax.set_title(task.replace("_", " "), fontsize=8)
         ax.set_xlabel("level")
+        ax.set_xticks(sorted(rows["level"].unique()))
         ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=5)
     axes[0].set_ylabel("accuracy")
-    axes[-1].legend(fontsize=6)
     return fig
 
 
