@@ -153,7 +153,7 @@ def compare(
 ) -> Analysis:
     """Run the suite on two model sources with the same options and write side-by-side results.
 
-    Tables hold both models' rows (told apart by `model`). The linear map from
+    Tables contain both models' rows, distinguished by the `model` column. The linear map from
     A's residual stream to B's is added as table `linear_map` when the two
     tokenizers agree; otherwise the report says it was skipped and why.
     """
@@ -227,41 +227,51 @@ def _halves(table: pd.DataFrame, metric: str, name: str) -> list[dict]:
 def summary_metrics(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Return one row per (model, summary metric): value and, where known, its 95% interval."""
     rows: list[dict] = []
+
     if "heldout_nll" in tables:
         for r in tables["heldout_nll"].itertuples():
             rows.append(_row(r.model, "held-out NLL (nats/token)", r.nll, r.nll_low, r.nll_high))
+
     if "contributions" in tables:
         rows += _halves(tables["contributions"], "layer", "relative contribution ‖a+m‖/‖h‖")
+
     if "depth_score" in tables:
         for r in tables["depth_score"].itertuples():
             rows.append(_row(r.model, f"depth score, {r.prompt_set}, {r.source}", r.value, r.ci_low, r.ci_high))
+
     if "logit_lens" in tables:
         lens = tables["logit_lens"]
         for model, group in lens[lens["metric"] == "kl"].groupby("model", sort=False):
             inner = group[group["layer"] < group["layer"].max()]
             rows.append(_row(model, "logit-lens KL, mean over layers before the output", inner["value"].mean()))
+
     if "skip_effects" in tables:
         skips = tables["skip_effects"]
         chosen = skips[(skips["metric"] == "output_change") & (skips["part"] == "layer")]
         for model, group in chosen.groupby("model", sort=False):
             rows.append(_row(model, "output change of a layer skip, mean over layers", group["value"].mean()))
+
     if "pruning" in tables:
         pruning = tables["pruning"]
         for model, group in pruning[pruning["metric"] == "delta_nll_remove"].groupby("model", sort=False):
             rows.append(_row(model, "Δ NLL of removing one layer, mean over layers", group["value"].mean()))
             rows.append(_row(model, "Δ NLL of removing one layer, max over layers", group["value"].max()))
+
     if "perturbations" in tables:
         perturbations = tables["perturbations"]
         chosen = perturbations[(perturbations["metric"] == "delta_nll") & (perturbations["kind"] == "swap")]
         for (model, level), group in chosen.groupby(["model", "level"], sort=False):
             rows.append(_row(model, f"Δ NLL of a {level} swap, mean over positions", group["value"].mean()))
+
     if "evaluation" in tables:
         for (model, task), group in tables["evaluation"].groupby(["model", "task"], sort=False):
             rows.append(_row(model, f"{task} accuracy, mean over levels", group["accuracy"].mean()))
+
     if "symmetry" in tables:
         symmetry = tables["symmetry"]
         for r in symmetry[symmetry["region"] == "all"].itertuples():
             rows.append(_row(r.model, f"mirror asymmetry of {r.matrix} similarity", r.value))
+
     return pd.DataFrame(rows, columns=["model", "metric", "value", "ci_low", "ci_high"])
 
 

@@ -1,7 +1,7 @@
 """Draw every figure from saved analysis tables, with no model loaded.
 
-`make_figures(tables_or_folder, out_dir)` looks up each table name in
-`REGISTRY`, draws its figures and writes each as PDF and PNG. How a table is
+`make_figures(tables_or_folder, out_dir)` looks up each table name in the
+registry of `FigureSpec`s (`_registry`), draws its figures and writes each as PDF and PNG. How a table is
 drawn depends on what it holds:
 
 - one model: the analysis' own plot (`depthcurse.plots.stream`, `lens`,
@@ -52,7 +52,7 @@ STAGE_COLUMNS = ("step", "stage")
 
 @dataclass(frozen=True)
 class FigureSpec:
-    """How one figure is drawn from one table."""
+    """Description of one figure: the table it reads and the plot functions that draw it."""
 
     name: str
     """File stem of the figure."""

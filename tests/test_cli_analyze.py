@@ -63,7 +63,8 @@ def test_compare_models_of_different_depth(tiny_checkpoints, tmp_path):
     contributions = pd.read_parquet(out / "tables" / "contributions.parquet")
     assert contributions.groupby("model")["layer"].max().to_dict() == {"a": 3, "b": 5}
     linear = pd.read_parquet(out / "tables" / "linear_map.parquet")
-    assert linear["source_layer"].max() == 4 and linear["target_layer"].max() == 6
+    assert linear["source_layer"].max() == 4
+    assert linear["target_layer"].max() == 6
     figures = {p.name for p in (out / "figures").iterdir()}
     assert {"contributions.png", "lens.png", "skip_effects-difference.png", "linear_map.pdf"} <= figures
     assert {"skip_effects-a.png", "skip_effects-b.png"} <= figures
@@ -123,3 +124,28 @@ def test_compare_missing_second_source(tiny_checkpoints, tmp_path):
                     "--out", str(tmp_path / "cmp"))
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+def test_summary_halves_and_verdicts():
+    from depthcurse.analyze import comparison_table, summary_metrics
+
+    contributions = pd.DataFrame({
+        "model": ["x"] * 4 + ["y"] * 3,
+        "layer": [0, 1, 2, 3, 0, 1, 2],
+        "metric": "layer",
+        "statistic": "mean",
+        "value": [1.0, 1.0, 3.0, 3.0, 2.0, 2.0, 2.0],
+    })
+    nll = pd.DataFrame({"model": ["x", "y"], "nll": [3.0, 2.0], "nll_low": [2.9, 1.9], "nll_high": [3.1, 2.1]})
+    summary = summary_metrics({"contributions": contributions, "heldout_nll": nll})
+    values = summary.set_index(["model", "metric"])["value"]
+    # x: layers 0, 1 have relative depth < 0.5, layers 2, 3 do not.
+    assert values["x", "relative contribution ‖a+m‖/‖h‖, first half (mean over layers)"] == 1.0
+    assert values["x", "relative contribution ‖a+m‖/‖h‖, second half / first half"] == 3.0
+    assert values["y", "relative contribution ‖a+m‖/‖h‖, second half / first half"] == 1.0
+    lines = comparison_table(summary, ("x", "y"))
+    nll_line = next(line for line in lines if line.startswith("| held-out NLL"))
+    assert "yes, intervals disjoint" in nll_line
+    assert "-1 |" in nll_line
+    ratio_line = next(line for line in lines if "second half / first half" in line)
+    assert "67% apart, no interval" in ratio_line

@@ -97,7 +97,8 @@ def test_figures_two_models_and_stages_smoke(suite_tables, tmp_path):
     paths = make_figures(both, tmp_path, formats=("png",))
     stems = {p.stem for p in paths}
     # Per-layer curves overlay all models; matrices come once per model plus a difference.
-    assert "residual_norms" in stems and "residual_norms-a" not in stems
+    assert "residual_norms" in stems
+    assert "residual_norms-a" not in stems
     assert {"skip_effects-a", "skip_effects-b", "skip_effects-difference"} <= stems
     assert "layer_similarity-difference" in stems
     assert "contributions-over-step-a-grown" in stems
@@ -131,7 +132,9 @@ def test_relative_depth_and_resample():
     matrix = np.arange(9.0).reshape(3, 3)
     grown = resample(matrix, 5)
     assert grown.shape == (5, 5)
-    assert grown[0, 0] == 0 and grown[-1, -1] == 8 and grown[2, 2] == 4
+    assert grown[0, 0] == 0
+    assert grown[-1, -1] == 8
+    assert grown[2, 2] == 4
 
 
 def _fake_run(folder: Path, cfg, records: list[dict]) -> Path:

@@ -21,7 +21,7 @@ def plot_evaluation(table: pd.DataFrame) -> Figure:
     """Draw accuracy against level with its interval: a panel per task, a colour per model, a line style per form."""
     needed = {"task", "level", "accuracy", "ci_low", "ci_high"}
     if table.empty or not needed <= set(table.columns):
-        raise ValueError(f"expected an evaluation table with columns {sorted(needed)}")
+        raise ValueError(f"evaluation table is empty or lacks columns {sorted(needed)}")
     tasks = list(dict.fromkeys(table["task"]))
     fig = Figure(figsize=(3 * len(tasks), 2.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(tasks), sharey=True))
@@ -65,7 +65,7 @@ def plot_heldout_nll(table: pd.DataFrame) -> Figure:
     """Draw held-out NLL per model with its bootstrap interval."""
     needed = {"model", "nll", "nll_low", "nll_high"}
     if table.empty or not needed <= set(table.columns):
-        raise ValueError(f"expected a heldout_nll table with columns {sorted(needed)}")
+        raise ValueError(f"heldout_nll table is empty or lacks columns {sorted(needed)}")
     fig = Figure(figsize=(max(2.5, 0.9 * len(table) + 1.5), 2.8), layout="constrained")
     ax = fig.subplots()
     values = table["nll"].to_numpy(float)
@@ -107,7 +107,8 @@ def training_curves(runs: Iterable[str | Path], root: str | Path | None = None) 
                 rows.append(("train", record["step"], tokens, record.get("stage"), depth,
                              record["loss"], flops))
             elif record.get("kind") == "eval" and depth is not None:
-                # Eval records follow the train record of the same step, so `flops` is current.
+                # `flops` is that of the last train record, which lags when an eval step is
+                # not also a logging step (by at most log_interval steps).
                 rows.append(("eval", record["step"], int(record["tokens"]), record.get("stage"),
                              depth, record["val_loss"], flops))
         frame = pd.DataFrame(rows, columns=["kind", "step", "tokens", "stage", "depth", "loss", "flops"])
@@ -126,7 +127,7 @@ def plot_loss_vs_compute(table: pd.DataFrame) -> Figure:
     """Draw training and held-out loss against training FLOPs, one colour per variant."""
     needed = {"run", "variant", "kind", "loss", "flops"}
     if table.empty or not needed <= set(table.columns):
-        raise ValueError(f"expected a training_curves table with columns {sorted(needed)}")
+        raise ValueError(f"training_curves table is empty or lacks columns {sorted(needed)}")
     fig = Figure(figsize=(8, 3), layout="constrained")
     axes = fig.subplots(1, 2, sharex=True)
     variants = list(dict.fromkeys(table["variant"]))
