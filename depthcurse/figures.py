@@ -1,8 +1,8 @@
 """Draw every figure from saved analysis tables, with no model loaded.
 
 `make_figures(tables_or_folder, out_dir)` looks up each table name in the
-registry of `FigureSpec`s (`_registry`), draws its figures and writes each as PDF and PNG. How a table is
-drawn depends on what it holds:
+registry of `FigureSpec`s (`_registry`), draws its figures and writes each
+as PDF and PNG. How a table is drawn depends on what it holds:
 
 - one model: the analysis' own plot (`depthcurse.plots.stream`, `lens`,
   `interventions`, `runs`);
