@@ -212,9 +212,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Build a config, rejecting unknown keys by name."""
+        """Build a config, rejecting unknown keys by name and values of the wrong type."""
         check_keys(cls, values, "TrainConfig")
-        return cls(**values)
+        hints = typing.get_type_hints(cls)
+        return cls(**{key: _coerce(key, value, hints[key]) for key, value in values.items()})
 
     def model_config(self) -> ModelConfig:
         """Return the target-depth model config: the preset with the overrides applied."""

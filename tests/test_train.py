@@ -129,12 +129,12 @@ def test_parse_override_values():
 
 def test_type_and_range_errors_named():
     with pytest.raises(ConfigError, match="batch_size must be an integer"):
-        TrainConfig(batch_size=2.5)
+        TrainConfig.from_dict({"batch_size": 2.5})
     with pytest.raises(ConfigError, match="growth='grow'"):
         TrainConfig(growth="grow")
     with pytest.raises(ConfigError, match="max_steps must be positive"):
         TrainConfig(max_steps=0)
-    assert TrainConfig(lr=1).lr == 1.0  # an integer is a valid float
+    assert TrainConfig.from_dict({"lr": 1}).lr == 1.0  # an integer is a valid float
 
 
 def test_resolved_fills_block_size_and_seq_len():
