@@ -471,3 +471,42 @@ def test_shipped_recipes_load(recipe):
     cfg = build_config(recipe=recipe).resolved()
     plan = make_stage_plan(cfg, cfg.model_config())
     assert sum(plan.lengths) == cfg.max_steps
+
+
+def test_cli_resume_reads_saved_config(corpus, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from depthcurse.cli import app
+
+    out = tmp_path / "run"
+    args = ["train", "--growth", "stack", "--max-steps", "8", *small_args(corpus),
+            "--set", "deterministic=true", "--set", "checkpoint_interval=2", "--out", str(out)]
+    runner = CliRunner()
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    final = out / "checkpoints" / "step-000008" / "model.safetensors"
+    expected = load_file(final)
+    # Simulate a run killed before step 6 was saved: only checkpoints 2, 3 and 4 stay.
+    for step in (6, 8):
+        shutil.rmtree(out / "checkpoints" / f"step-{step:06d}")
+
+    changed = runner.invoke(app, ["train", "--out", str(out), "--resume", "--max-steps", "9"])
+    assert changed.exit_code == 2
+    assert "max_steps: saved 8, now 9" in changed.output
+
+    resumed = runner.invoke(app, ["train", "--out", str(out), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed from" in resumed.output
+    again = load_file(final)
+    for name in expected:
+        assert torch.equal(again[name], expected[name]), name
+
+
+def test_hardware_facts():
+    from depthcurse.hardware import cpu_peak_flops, physical_cores
+
+    assert 1 <= physical_cores() <= os.cpu_count()
+    peak = cpu_peak_flops(2)
+    assert peak is None or peak > 1e9  # any CPU in service does over 1 GFLOP/s per core
