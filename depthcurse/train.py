@@ -304,18 +304,21 @@ def start_runtime(cfg: TrainConfig) -> Runtime:
         device = torch.device(f"cuda:{local_rank}")
     else:
         device = torch.device(cfg.device)
+
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise TrainError(f"device={cfg.device!r} requested but CUDA is not available; use device=cpu")
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend)
+
     if cfg.dtype == "auto":
         autocast = torch.bfloat16 if device.type == "cuda" else None
     else:

@@ -110,11 +110,13 @@ class TrainConfig:
         for f in fields(self):
             setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
         check_keys(ModelConfig, self.model, "model")
+
         _choice("growth", self.growth, METHODS)
         _choice("lr_schedule", self.lr_schedule, ("cosine", "wsd"))
         _choice("dtype", self.dtype, ("auto", "float32", "bfloat16"))
         _choice("compile", self.compile, ("auto", "on", "off"))
         _choice("lidas_odd", self.lidas_odd, ("center", "block"))
+
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches",
                      "checkpoint_interval", "log_interval"):
             if getattr(self, name) <= 0:
@@ -123,6 +125,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
+
         if self.lr <= 0 or self.adam_eps <= 0:
             raise ConfigError(f"lr and adam_eps must be positive, got lr={self.lr}, adam_eps={self.adam_eps}")
         for name in ("min_lr_ratio", "decay_fraction", "beta1", "beta2"):
