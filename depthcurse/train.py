@@ -654,7 +654,9 @@ class RunLog:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by the kill
-            if record.get("step", 0) <= step:
+            # A checkpoint at a stage boundary precedes that growth, so the resumed run logs it again.
+            last = step - 1 if record.get("kind") == "growth" else step
+            if record.get("step", 0) <= last:
                 kept.append(line)
         self.metrics_path.write_text("".join(line + "\n" for line in kept))
 

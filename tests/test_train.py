@@ -488,8 +488,9 @@ def test_cli_resume_reads_saved_config(corpus, tmp_path):
     assert first.exit_code == 0, first.output
     final = out / "checkpoints" / "step-000008" / "model.safetensors"
     expected = load_file(final)
-    # Simulate a run killed before step 6 was saved: only checkpoints 2, 3 and 4 stay.
-    for step in (6, 8):
+    # Simulate a run killed after the growth at step 3 and before step 4 was saved: the
+    # resumed run starts from the stage boundary and must grow again.
+    for step in (4, 6, 8):
         shutil.rmtree(out / "checkpoints" / f"step-{step:06d}")
 
     changed = runner.invoke(app, ["train", "--out", str(out), "--resume", "--max-steps", "9"])
@@ -498,10 +499,12 @@ def test_cli_resume_reads_saved_config(corpus, tmp_path):
 
     resumed = runner.invoke(app, ["train", "--out", str(out), "--resume"])
     assert resumed.exit_code == 0, resumed.output
-    assert "resumed from" in resumed.output
+    assert "step-000003 at step 3" in resumed.output  # the "resumed from ..." line
     again = load_file(final)
     for name in expected:
         assert torch.equal(again[name], expected[name]), name
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "growth"] == [3]
 
 
 def test_hardware_facts():
