@@ -169,6 +169,18 @@ def test_prefix_engine_matches_naive(bridge, prompts, part, mode, local):
         assert fast.layer_forwards / naive.layer_forwards <= 0.55
 
 
+def test_local_equals_skip_next_layer(bridge, prompts):
+    full = skip_effect_arrays(bridge, prompts, mode="future")
+    local = skip_effect_arrays(bridge, prompts, mode="future", local=True)
+    layers = np.arange(N_LAYERS - 1)
+    # Layer s + 1 reads h_{s+1} − Δ_s = h_s in both variants, so its change is the same.
+    np.testing.assert_allclose(
+        local.effect[:, layers, layers + 1], full.effect[:, layers, layers + 1], atol=ENGINE_ATOL
+    )
+    # Further on, the local variant stops propagation, so the matrices must differ.
+    assert np.nanmax(np.abs(local.effect - full.effect)) > 1e-3
+
+
 def test_batched_equals_one_by_one(bridge, prompts):
     batched = skip_effect_arrays(bridge, prompts, mode="future", batch_size=4)
     single = skip_effect_arrays(bridge, prompts, mode="future", batch_size=1)
