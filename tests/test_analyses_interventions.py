@@ -158,7 +158,7 @@ def test_layer_stack_matches_bridge_bitwise(bridge, prompts):
 @pytest.mark.parametrize("mode", ["current", "future"])
 @pytest.mark.parametrize("part", ["layer", "attn", "mlp"])
 def test_prefix_engine_matches_naive(bridge, prompts, part, mode, local):
-    options = dict(part=part, mode=mode, local=local, batch_size=2)
+    options = dict(part=part, mode=mode, local=local, batch_size=2, n_positions=2)
     fast = skip_effect_arrays(bridge, prompts, engine="prefix", max_rows=6, **options)
     naive = skip_effect_arrays(bridge, prompts, engine="naive", **options)
     np.testing.assert_array_equal(np.isnan(fast.effect), np.isnan(naive.effect))
