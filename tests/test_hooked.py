@@ -564,9 +564,10 @@ def test_smollm2_matches_transformers(smollm2):
     with torch.no_grad():
         expected = reference(batch.input_ids).logits.log_softmax(-1)
         actual = smollm2(batch.input_ids).log_softmax(-1)
-    # Same dequantized weights and the same eager float32 kernels; the bridge
-    # only adds hook points, so differences stay at float32 rounding level.
-    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=0)
+    # Same dequantized weights and the same eager float32 modules (the bridge
+    # calls them and adds hook points), so the difference measured 0.0 with
+    # transformers 5.25 and TransformerLens 4.3. 1e-5 allows kernel reordering.
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow
