@@ -23,7 +23,13 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from depthcurse.sources import GGUF_ARCHITECTURES, LoadError, ResolvedSource, resolve
+from depthcurse.sources import (
+    GGUF_ARCHITECTURES,
+    LoadError,
+    ResolvedSource,
+    file_containing,
+    resolve,
+)
 
 __all__ = ["LoadError", "ModelInfo", "TokenizedBatch", "load", "tokenize", "bridge_from_hf"]
 
@@ -194,8 +200,11 @@ def _check_finite(model: torch.nn.Module, resolved: ResolvedSource) -> None:
         return
     for name, param in model.named_parameters():
         if not torch.isfinite(param).all():
+            location = resolved.path
+            if resolved.kind == "huggingface":
+                location = file_containing(resolved.path, name) or location
             raise LoadError(
-                f"{resolved.path}: tensor {name} contains NaN or Inf values; the weights are "
+                f"{location}: tensor {name} contains NaN or Inf values; the weights are "
                 f"corrupt, load an earlier checkpoint or re-export the model"
             )
 

@@ -224,6 +224,17 @@ def weight_files(folder: Path) -> list[Path]:
     raise LoadError(f"{folder / WEIGHTS_FILE} is missing; the model folder has no weights")
 
 
+def file_containing(folder: Path, tensor_name: str) -> Path | None:
+    """Return the safetensors file of a Hugging Face folder that stores `tensor_name`."""
+    from safetensors import safe_open
+
+    for path in weight_files(folder):
+        with safe_open(str(path), framework="pt") as handle:
+            if tensor_name in handle.keys():
+                return path
+    return None
+
+
 def check_hf_folder(folder: Path) -> None:
     """Check a Hugging Face folder: supported architecture and tensor shapes matching config.json."""
     from safetensors import SafetensorError, safe_open
