@@ -254,8 +254,8 @@ def skip_unobserved_norm_statistics(bridge: Any) -> int:
     TransformerLens 4.3's `NormalizationBridge` recomputes every norm's
     statistics for `hook_scale` and `hook_normalized` on each forward, then
     calls transformers' norm anyway. With no hook on either point the extra
-    tensors are discarded. On SmolLM2-135M this duplicate work costs about 3%
-    of a forward (torch profiler, CPU). The patched method returns exactly the
+    tensors are discarded. On SmolLM2-135M this duplicate work is an estimated
+    1% of a forward's CPU time (torch profiler, batch 4 x 256). The patched method returns exactly the
     value the original returns in that case, and defers to the original
     whenever either point has a hook. Return the number of norm components patched.
     """
