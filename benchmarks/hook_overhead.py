@@ -12,9 +12,9 @@ Measures, on the same machine in the same run:
    transformers model from the GGUF file.
 
 Goals: hooked / raw eager <= 1.05 at batch 8 x 256 tokens; peak RSS of the
-load <= 2 GB. Timed forwards alternate between the two models so that load
-from other processes on a shared machine hits both alike; the table reports
-the median of the repeats.
+load <= 2 GB. Timed forwards alternate between the models, so load from
+other processes on a shared machine hits all of them alike. The table
+reports the median wall-clock time and process CPU time of the repeats.
 
     PYTHONPATH=. python benchmarks/hook_overhead.py [--batch 8] [--seq 256] [--repeats 5]
 """

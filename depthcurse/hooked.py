@@ -23,7 +23,13 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from depthcurse.sources import GGUF_ARCHITECTURES, LoadError, ResolvedSource, resolve
+from depthcurse.sources import (
+    GGUF_ARCHITECTURES,
+    LoadError,
+    ResolvedSource,
+    file_containing,
+    resolve,
+)
 
 __all__ = ["LoadError", "ModelInfo", "TokenizedBatch", "load", "tokenize", "bridge_from_hf"]
 
@@ -194,8 +200,11 @@ def _check_finite(model: torch.nn.Module, resolved: ResolvedSource) -> None:
         return
     for name, param in model.named_parameters():
         if not torch.isfinite(param).all():
+            location = resolved.path
+            if resolved.kind == "huggingface":
+                location = file_containing(resolved.path, name) or location
             raise LoadError(
-                f"{resolved.path}: tensor {name} contains NaN or Inf values; the weights are "
+                f"{location}: tensor {name} contains NaN or Inf values; the weights are "
                 f"corrupt, load an earlier checkpoint or re-export the model"
             )
 
@@ -244,11 +253,11 @@ def skip_unobserved_norm_statistics(bridge: Any) -> int:
 
     TransformerLens 4.3's `NormalizationBridge` recomputes every norm's
     statistics for `hook_scale` and `hook_normalized` on each forward, then
-    calls transformers' norm anyway; with no hook on either point the extra
-    tensors are discarded, and on SmolLM2-135M the duplicate work costs about
-    3% of a forward. The patched method returns exactly the value the original
-    returns in that case and defers to it whenever either point has a hook.
-    Return the number of norm components patched.
+    calls transformers' norm anyway. With no hook on either point the extra
+    tensors are discarded. On SmolLM2-135M this duplicate work is an estimated
+    1% of a forward's CPU time (torch profiler, batch 4 x 256). The patched method returns exactly the
+    value the original returns in that case, and defers to the original
+    whenever either point has a hook. Return the number of norm components patched.
     """
     from transformer_lens.model_bridge.generalized_components.normalization import (
         NormalizationBridge,
