@@ -8,6 +8,16 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from jaxtyping import install_import_hook  # noqa: E402
+
+# Check every jaxtyping shape annotation (and plain type hint) of the package at
+# run time. The hook must be installed before anything imports depthcurse.
+sys.path.insert(0, str(Path(__file__).parent))
+install_import_hook("depthcurse", "depthcurse_typecheck.typechecker")
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Tests for corpora, the validation split, the tokenizer, token files and prepared data."""
+"""Tests for corpora, the validation split, the tokenizer, token files and samplers."""
 
 from __future__ import annotations
 
@@ -9,15 +9,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from tokenizers import Tokenizer, models
 
 from depthcurse.data import (
     EOT_TOKEN,
     INSTALL_HINT,
+    BatchSampler,
     DataError,
     Document,
     PreparedData,
+    TokenStore,
     check_vocab,
+    eval_batches,
     load_default_corpus,
     load_documents,
     load_tokenizer,
@@ -571,3 +575,141 @@ def test_prepare_data_default_corpus(tmp_path) -> None:
     assert meta["tokens"]["train"] > 2_000_000
     assert 0.04 < meta["tokens"]["val"] / meta["tokens"]["train"] < 0.07
     assert prepare_data(tmp_path / "out").reused
+
+
+# ---------------------------------------------------------------------------
+# Batches
+
+
+@pytest.fixture
+def counting_store(tmp_path) -> TokenStore:
+    """Token ids 0..4999, so a window's first id is its start offset."""
+    write_tokens(tmp_path / "count.bin", np.arange(5000), 5000)
+    return open_tokens(tmp_path / "count.bin")
+
+
+def test_sampler_windows_shift_by_one(counting_store: TokenStore) -> None:
+    sampler = BatchSampler(counting_store, batch_size=4, seq_len=16, seed=0)
+    x, y = next(sampler)
+    assert x.shape == (4, 16)
+    assert y.shape == (4, 16)
+    assert x.dtype == torch.int64
+    assert y.dtype == torch.int64
+    assert torch.equal(y, x + 1)
+    assert torch.equal(x[:, 1:], x[:, :-1] + 1)
+
+
+def test_sampler_covers_every_offset(tmp_path) -> None:
+    write_tokens(tmp_path / "short.bin", np.arange(20), 20)
+    sampler = BatchSampler(open_tokens(tmp_path / "short.bin"), batch_size=8, seq_len=4, seed=3)
+    starts = torch.cat([next(sampler)[0][:, 0] for _ in range(100)])
+    # Windows need seq_len + 1 = 5 tokens, so the valid starts are 0..15.
+    assert set(starts.tolist()) == set(range(16))
+
+
+def test_sampler_same_seed_same_batches(counting_store: TokenStore) -> None:
+    first = BatchSampler(counting_store, batch_size=4, seq_len=16, seed=7)
+    second = BatchSampler(counting_store, batch_size=4, seq_len=16, seed=7)
+    other = BatchSampler(counting_store, batch_size=4, seq_len=16, seed=8)
+    for _ in range(5):
+        x1, y1 = next(first)
+        x2, y2 = next(second)
+        x3, _ = next(other)
+        assert torch.equal(x1, x2)
+        assert torch.equal(y1, y2)
+        assert not torch.equal(x1, x3)
+
+
+def test_sampler_batch_is_function_of_index(counting_store: TokenStore) -> None:
+    sampler = BatchSampler(counting_store, batch_size=4, seq_len=16, seed=7)
+    drawn = [next(sampler)[0] for _ in range(4)]
+    assert torch.equal(sampler.batch(3)[0], drawn[3])
+    assert not torch.equal(drawn[2], drawn[3])
+
+
+def test_sampler_resume_from_state(counting_store: TokenStore) -> None:
+    sampler = BatchSampler(counting_store, batch_size=4, seq_len=16, seed=11)
+    for _ in range(3):
+        next(sampler)
+    state = sampler.state_dict()
+    expected = [next(sampler) for _ in range(2)]
+
+    assert state["batches_drawn"] == 3
+    assert all(type(value) is int for value in state.values())
+    resumed = BatchSampler(counting_store, batch_size=4, seq_len=16, seed=0)
+    resumed.load_state_dict(json.loads(json.dumps(state)))
+    for x, y in expected:
+        x_resumed, y_resumed = next(resumed)
+        assert torch.equal(x_resumed, x)
+        assert torch.equal(y_resumed, y)
+
+
+def test_sampler_ranks_union_is_global_batch(counting_store: TokenStore) -> None:
+    single = BatchSampler(counting_store, batch_size=8, seq_len=16, seed=5)
+    ranks = [
+        BatchSampler(counting_store, batch_size=2, seq_len=16, seed=5, rank=r, world_size=4)
+        for r in range(4)
+    ]
+    for _ in range(3):
+        x, y = next(single)
+        parts = [next(sampler) for sampler in ranks]
+        assert torch.equal(torch.cat([part[0] for part in parts]), x)
+        assert torch.equal(torch.cat([part[1] for part in parts]), y)
+
+
+def test_sampler_resume_on_other_world_size(counting_store: TokenStore) -> None:
+    single = BatchSampler(counting_store, batch_size=8, seq_len=16, seed=5)
+    next(single)
+    state = single.state_dict()
+    x, _ = next(single)
+
+    rank1 = BatchSampler(counting_store, batch_size=4, seq_len=16, seed=5, rank=1, world_size=2)
+    rank1.load_state_dict(state)
+    assert torch.equal(next(rank1)[0], x[4:])
+
+
+def test_sampler_state_mismatch_rejected(counting_store: TokenStore) -> None:
+    state = BatchSampler(counting_store, batch_size=8, seq_len=16, seed=5).state_dict()
+    other_len = BatchSampler(counting_store, batch_size=8, seq_len=32, seed=5)
+    with pytest.raises(ValueError, match="seq_len=16"):
+        other_len.load_state_dict(state)
+    with pytest.raises(ValueError, match="keys"):
+        other_len.load_state_dict({**state, "epoch": 0})
+
+
+def test_sampler_rejects_bad_arguments(counting_store: TokenStore) -> None:
+    with pytest.raises(DataError, match="count.bin"):
+        BatchSampler(counting_store, batch_size=2, seq_len=5000, seed=0)
+    with pytest.raises(ValueError, match="rank 2"):
+        BatchSampler(counting_store, batch_size=2, seq_len=8, seed=0, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        BatchSampler(counting_store, batch_size=0, seq_len=8, seed=0)
+    with pytest.raises(ValueError, match="seed"):
+        BatchSampler(counting_store, batch_size=2, seq_len=8, seed=-1)
+
+
+def test_eval_batches_consecutive_windows(tmp_path) -> None:
+    write_tokens(tmp_path / "val.bin", np.arange(1001), 1001)
+    store = open_tokens(tmp_path / "val.bin")
+
+    batches = list(eval_batches(store, batch_size=4, seq_len=10))
+
+    # (1001 - 1) // 10 = 100 windows in batches of 4.
+    assert len(batches) == 25
+    x = torch.cat([batch[0] for batch in batches])
+    y = torch.cat([batch[1] for batch in batches])
+    assert torch.equal(x.flatten(), torch.arange(1000))
+    assert torch.equal(y.flatten(), torch.arange(1, 1001))
+    assert x.dtype == torch.int64
+
+
+def test_eval_batches_limit_and_last_batch(tmp_path) -> None:
+    write_tokens(tmp_path / "val.bin", np.arange(71), 100)
+    store = open_tokens(tmp_path / "val.bin")
+
+    sizes = [batch[0].shape[0] for batch in eval_batches(store, batch_size=3, seq_len=10)]
+    assert sizes == [3, 3, 1]
+    limited = list(eval_batches(store, batch_size=3, seq_len=10, max_batches=2))
+    assert len(limited) == 2
+    again = list(eval_batches(store, batch_size=3, seq_len=10, max_batches=2))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(limited, again, strict=True))

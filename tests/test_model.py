@@ -126,3 +126,14 @@ def test_parity_with_transformers_llama(small_config, tmp_path, ln_scaling, tie)
     torch.testing.assert_close(
         model.final_norm(res["ln_final.hook_in"]), theirs.hidden_states[-1], atol=PARITY_ATOL, rtol=0
     )
+
+
+def test_shape_annotations_checked_under_pytest():
+    from jaxtyping import TypeCheckError
+
+    from depthcurse.model import apply_rotary
+
+    # A 2-D tensor where (batch, heads, pos, d_head) is annotated: the import
+    # hook installed by conftest.py must reject it before the function runs.
+    with pytest.raises(TypeCheckError):
+        apply_rotary(torch.zeros(3, 4), torch.zeros(4), torch.zeros(4))

@@ -1,4 +1,4 @@
-"""Text corpora, the byte-level BPE tokenizer, token files and prepared data folders.
+"""Text corpora, the byte-level BPE tokenizer, token files and batch samplers.
 
 - `corpus`: the offline default corpus (Shakespeare's plays and the King James
   Bible), user corpora from files or Hugging Face datasets, and the fixed
@@ -7,8 +7,10 @@
 - `tokens`: memory-mapped token files.
 - `prepare`: `prepare_data`, which turns a corpus into a folder with
   `tokenizer.json`, `train.bin`, `val.bin` and `meta.json`, and reuses it later.
+- `batches`: the resumable training sampler and the evaluation batches.
 """
 
+from depthcurse.data.batches import BatchSampler, eval_batches
 from depthcurse.data.corpus import (
     INSTALL_HINT,
     VAL_FRACTION,
@@ -34,12 +36,14 @@ __all__ = [
     "EOT_TOKEN",
     "INSTALL_HINT",
     "VAL_FRACTION",
+    "BatchSampler",
     "DataError",
     "Document",
     "PreparedData",
     "TokenStore",
     "check_vocab",
     "default_corpus_files",
+    "eval_batches",
     "load_default_corpus",
     "load_documents",
     "load_tokenizer",
