@@ -364,7 +364,10 @@ def load_exported_weights(folder: Path, cfg: ModelConfig) -> dict[str, torch.Ten
                         f"expects {shape}; the config does not match the weights"
                     )
                 if not torch.isfinite(tensor).all():
-                    raise CheckpointError(f"{weights_path}: tensor {name} contains NaN or Inf values")
+                    raise CheckpointError(
+                        f"{weights_path}: tensor {name} contains NaN or Inf values; training "
+                        f"diverged or the file is corrupt, so load an earlier checkpoint"
+                    )
                 tensors[name] = tensor.float()
     except SafetensorError as err:
         raise CheckpointError(f"{weights_path} cannot be read ({err}); the file is truncated or corrupt") from err

