@@ -130,7 +130,7 @@ def same_tokenizer(model_a: Any, model_b: Any) -> tuple[bool, str]:
     """Return whether two models map text to the same token ids, and why not when they differ."""
     vocab_a, vocab_b = model_a.tokenizer.get_vocab(), model_b.tokenizer.get_vocab()
     if len(vocab_a) != len(vocab_b):
-        return False, f"vocabularies differ in size ({len(vocab_a)} and {len(vocab_b)} tokens)"
+        return False, f"vocabularies differ in size: {len(vocab_a)} and {len(vocab_b)} tokens"
     if vocab_a != vocab_b:
         return False, "vocabularies of equal size map tokens to different ids"
     sample = "In the beginning God created the heaven and the earth. To be, or not to be."
@@ -196,7 +196,11 @@ def compare(
     else:
         result.notes.append(
             f"The cross-model linear map was skipped: it needs both models to read the same "
-            f"token ids, but their tokenizers differ ({reason})."
+            f"token ids, but their tokenizers differ. The {reason}."
+        )
+        result.notes.append(
+            "Held-out NLL is in nats per token of each model's own tokenizer, so it is not "
+            "comparable between these two models."
         )
     _write(result, figures, progress)
     result.report = write_report(result, labels, (model_a, model_b))

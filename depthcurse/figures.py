@@ -98,7 +98,8 @@ def _lens_overlay(table: pd.DataFrame) -> Figure:
     from depthcurse.plots.compare import plot_relative_depth
 
     return plot_relative_depth(
-        table, ["kl", "top5_overlap", "accuracy"], title="Lens read-outs", group="lens"
+        table, ["kl", "top5_overlap", "accuracy"], title="Lens read-outs", group="lens",
+        xlabel="relative depth l / L (L = output)",
     )
 
 

@@ -82,7 +82,8 @@ def test_compare_different_tokenizers_skips_linear_map(tiny_checkpoints, tmp_pat
     assert "linear map was skipped" in result.output
     assert not (out / "tables" / "linear_map.parquet").exists()
     report = (out / "report.md").read_text()
-    assert "vocabularies differ in size (300 and 280 tokens)" in report
+    assert "vocabularies differ in size: 300 and 280 tokens" in report
+    assert "not comparable between these two models" in report
     table = pd.read_parquet(out / "tables" / "heldout_nll.parquet")
     assert list(table["model"]) == ["a", "c"]
 

@@ -27,8 +27,13 @@ def plot_relative_depth(
     title: str = "",
     log: bool = False,
     group: str | None = None,
+    xlabel: str = "relative depth l / (L − 1)",
 ) -> Figure:
-    """Draw one panel per metric, one line per model (and per `group` value) on relative depth."""
+    """Draw one panel per metric, one line per model (and per `group` value) on relative depth.
+
+    Each model's layer index is divided by its largest one in the table, so the
+    lens tables, whose last row is the output (l = L), span l / L instead.
+    """
     if table.empty or not {"model", "layer", "metric", "value"} <= set(table.columns):
         raise ValueError("expected a per-layer table with model, layer, metric and value columns")
     rows = table[table["statistic"] == statistic] if "statistic" in table.columns else table
@@ -46,7 +51,7 @@ def plot_relative_depth(
             curve = curve.sort_values("depth")
             ax.plot(curve["depth"], curve["value"], marker="o", markersize=2.5, label=label)
         ax.set_title(metric, fontsize=8)
-        ax.set_xlabel("relative depth l / (L − 1)")
+        ax.set_xlabel(xlabel)
         if log:
             ax.set_yscale("log")
     axes[0].set_ylabel(statistic)
