@@ -150,16 +150,18 @@ def test_training_curves_charge_each_depth(small_config, tmp_path):
 
     records = [
         {"kind": "train", "step": 1, "tokens": 100, "stage": 0, "depth": 1, "loss": 4.0},
-        {"kind": "growth", "step": 1},
-        {"kind": "train", "step": 2, "tokens": 300, "stage": 1, "depth": 3, "loss": 3.0},
-        {"kind": "eval", "step": 2, "tokens": 300, "stage": 1, "val_loss": 3.5},
+        {"kind": "growth", "step": 1, "stage": 1, "depth_before": 1, "depth_after": 3},
+        {"kind": "eval", "step": 2, "tokens": 200, "stage": 1, "val_loss": 3.5},
+        {"kind": "train", "step": 3, "tokens": 300, "stage": 1, "depth": 3, "loss": 3.0},
     ]
     run = _fake_run(tmp_path / "results" / "runs" / "midas-s1", small_config, records)
     table = training_curves([run], root=tmp_path / "results")
-    expected = flops_per_token(small_config, 1, 16) * 100 + flops_per_token(small_config, 3, 16) * 200
-    assert list(table["kind"]) == ["train", "train", "eval"]
-    assert table["flops"].iloc[1] == pytest.approx(expected)
-    assert table["flops"].iloc[2] == pytest.approx(expected)
+    shallow, deep = flops_per_token(small_config, 1, 16), flops_per_token(small_config, 3, 16)
+    assert list(table["kind"]) == ["train", "eval", "train"]
+    assert list(table["depth"]) == [1, 3, 3]
+    assert table["flops"].iloc[0] == pytest.approx(100 * shallow)
+    assert table["flops"].iloc[1] == pytest.approx(100 * shallow + 100 * deep)
+    assert table["flops"].iloc[2] == pytest.approx(100 * shallow + 200 * deep)
     assert set(table["run"]) == {"runs/midas-s1"}
     assert set(table["variant"]) == {"midas"}
 

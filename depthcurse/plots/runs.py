@@ -8,8 +8,10 @@ so that loss against compute can be drawn without the models.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -79,13 +81,13 @@ def plot_heldout_nll(table: pd.DataFrame) -> Figure:
 def training_curves(runs: Iterable[str | Path], root: str | Path | None = None) -> pd.DataFrame:
     """Return loss and training FLOPs per logged step of each run folder.
 
-    FLOPs accumulate `depthcurse.growth.flops_per_token` of the depth trained
-    at each logging step times the tokens since the previous one, so a grown
-    run is charged for its shallower stages at their cost. Columns: run,
-    variant, seed, kind (train or eval), step, tokens, stage, depth, loss, flops.
+    FLOPs accumulate `depthcurse.growth.flops_per_token` of the depth being
+    trained times the tokens trained at that depth, with the depth changing at
+    each growth record, so a grown run is charged for its shallower stages at
+    their cost. Columns: run, variant, seed, kind (train or eval), step,
+    tokens, stage, depth, loss, flops.
     """
     from depthcurse.config import ModelConfig
-    from depthcurse.growth import flops_per_token
 
     frames = []
     for run in runs:
@@ -98,19 +100,7 @@ def training_curves(runs: Iterable[str | Path], root: str | Path | None = None) 
         model_cfg = ModelConfig.from_dict(info["model_config"])
         seq_len = int(config.get("seq_len") or model_cfg.max_seq_len)
         records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-        rows, flops, tokens, depth = [], 0.0, 0, None
-        for record in records:
-            if record.get("kind") == "train":
-                depth = int(record["depth"])
-                flops += flops_per_token(model_cfg, depth, seq_len) * (int(record["tokens"]) - tokens)
-                tokens = int(record["tokens"])
-                rows.append(("train", record["step"], tokens, record.get("stage"), depth,
-                             record["loss"], flops))
-            elif record.get("kind") == "eval" and depth is not None:
-                # `flops` is that of the last train record, which lags when an eval step is
-                # not also a logging step (by at most log_interval steps).
-                rows.append(("eval", record["step"], int(record["tokens"]), record.get("stage"),
-                             depth, record["val_loss"], flops))
+        rows = _charged_rows(records, partial(flops_per_token_at, model_cfg, seq_len))
         frame = pd.DataFrame(rows, columns=["kind", "step", "tokens", "stage", "depth", "loss", "flops"])
         growth = config.get("growth", "none")
         variant = growth if not model_cfg.ln_scaling else f"{growth}+ln_scaling"
@@ -121,6 +111,37 @@ def training_curves(runs: Iterable[str | Path], root: str | Path | None = None) 
     if not frames:
         raise FileNotFoundError("no training runs given; pass folders that contain metrics.jsonl")
     return pd.concat(frames, ignore_index=True)
+
+
+def flops_per_token_at(model_cfg: Any, seq_len: int, depth: int) -> float:
+    """Return `depthcurse.growth.flops_per_token` with the depth as the last argument."""
+    from depthcurse.growth import flops_per_token
+
+    return flops_per_token(model_cfg, depth, seq_len)
+
+
+def _charged_rows(records: list[dict], per_token: Callable[[int], float]) -> list[tuple]:
+    """Return (kind, step, tokens, stage, depth, loss, flops) for each train and eval record."""
+    steps = [r for r in records if r.get("kind") in ("train", "eval") and r.get("step")]
+    tokens_per_step = steps[0]["tokens"] / steps[0]["step"] if steps else 0.0
+    growths = [r for r in records if r.get("kind") == "growth"]
+    trains = [r for r in records if r.get("kind") == "train"]
+    depth = int(growths[0]["depth_before"]) if growths else int(trains[0]["depth"]) if trains else 0
+    rows, flops, trained = [], 0.0, 0.0
+    for record in records:
+        kind = record.get("kind")
+        if kind not in ("train", "eval", "growth"):
+            continue
+        # Growth records carry no token count; every step trains the same number of tokens.
+        tokens = float(record.get("tokens", record["step"] * tokens_per_step))
+        flops += per_token(depth) * (tokens - trained)
+        trained = tokens
+        if kind == "growth":
+            depth = int(record["depth_after"])
+            continue
+        loss = record["loss"] if kind == "train" else record["val_loss"]
+        rows.append((kind, record["step"], int(tokens), record.get("stage"), depth, loss, flops))
+    return rows
 
 
 def plot_loss_vs_compute(table: pd.DataFrame) -> Figure:
