@@ -68,6 +68,8 @@ class FigureSpec:
     """Plot of the difference between exactly two models."""
     all_models: bool = False
     """`draw` takes rows of any number of models."""
+    last_checkpoint: bool = True
+    """Draw only each model's last step when the table has several (False: all rows)."""
 
 
 def _curves(metrics: list[str], title: str, log_scale: bool = False) -> Callable:
@@ -175,7 +177,8 @@ def _registry() -> tuple[FigureSpec, ...]:
         FigureSpec("evaluation", "evaluation", runs.plot_evaluation, all_models=True),
         FigureSpec("heldout_nll", "heldout_nll", runs.plot_heldout_nll, all_models=True),
         FigureSpec(
-            "loss_vs_compute", "training_curves", runs.plot_loss_vs_compute, all_models=True
+            "loss_vs_compute", "training_curves", runs.plot_loss_vs_compute, all_models=True,
+            last_checkpoint=False,
         ),
     )
 
@@ -200,6 +203,11 @@ def figure_caption(table: pd.DataFrame) -> str:
         parts.append("TransformerLens weight processing " + ("on" if processed else "off"))
     if "mode" in table.columns and "reduction" in table.columns:
         parts.append(f"skip mode {first['mode']}, {first['reduction']} over positions")
+    if "flops" in table.columns:
+        parts.append(
+            "training FLOPs per token = 6 × (layer and unembedding parameters) "
+            "+ 12 × depth × seq_len × d_model, summed over the tokens trained at each depth"
+        )
     if "note" in table.columns and "model" in table.columns:
         notes = table[["model", "note"]].dropna().drop_duplicates()
         for model, note in notes.itertuples(index=False):
@@ -244,7 +252,7 @@ def planned_figures(tables: Mapping[str, pd.DataFrame]) -> list[tuple[str, Calla
         table = tables.get(spec.table)
         if table is None:
             continue
-        by = _stage_column(table)
+        by = _stage_column(table) if spec.last_checkpoint else None
         if by is not None and spec.stages is not None:
             for model, rows in table.groupby("model", sort=False):
                 if rows[by].nunique() < 2:

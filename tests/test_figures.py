@@ -165,6 +165,9 @@ def test_training_curves_charge_each_depth(small_config, tmp_path):
     assert set(table["run"]) == {"runs/midas-s1"}
     assert set(table["variant"]) == {"midas"}
 
+    plans = planned_figures(prepare_tables({"training_curves": table}))
+    assert [(stem, len(rows)) for stem, _, rows in plans] == [("loss_vs_compute", 3)]
+
     # make_figures finds run folders inside a results folder and draws loss against compute.
     paths = make_figures(tmp_path / "results", tmp_path / "figures", formats=("png",))
     assert [p.name for p in paths] == ["loss_vs_compute.png"]
