@@ -92,7 +92,7 @@ def _runs(models: pd.DataFrame, variant: str) -> pd.DataFrame:
 def final_rows(table: pd.DataFrame, model: Any) -> pd.DataFrame:
     """Return the rows of `model` (a models-table row) from its final checkpoint.
 
-    Residual-stream tables also hold earlier growth stages, told apart by `step`.
+    Residual-stream tables also contain earlier growth stages, which differ in `step`.
     """
     rows = table[table["model"] == model.label]
     if "step" in rows.columns and not pd.isna(model.step):

@@ -48,7 +48,7 @@ class RunRecord:
 
 @dataclass
 class StudyResult:
-    """What `reproduce` wrote and how long each phase took."""
+    """Outputs of `reproduce`: runs, tables, findings, report paths and the seconds per phase."""
 
     out: Path
     runs: list[RunRecord]

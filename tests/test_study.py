@@ -125,7 +125,8 @@ def test_reproduce_micro_recipe_end_to_end(tmp_path):
     assert "(n=2, t)" in findings_section
     assert "Public model: not analysed" in report
     html = (out / "report.html").read_text()
-    assert html.startswith("<!DOCTYPE html>") and "Findings" in html
+    assert html.startswith("<!DOCTYPE html>")
+    assert "<h2>Findings</h2>" in html
 
     # A second call reuses every run: no checkpoint is rewritten.
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("model.safetensors")}
