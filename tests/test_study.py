@@ -174,3 +174,92 @@ def test_reproduce_resumes_interrupted_run(tmp_path, monkeypatch):
     assert {r.label: r.status for r in result.runs} == {"none-seed0": "trained", "none-seed1": "resumed"}
     assert "resumed from" in (folder / "train.log").read_text()
     assert run_status(folder, recipe.train_config("none", 1)) == "finished"
+
+
+@pytest.mark.slow
+def test_public_model_branch(tmp_path):
+    import tomllib
+
+    from depthcurse.findings import curse_of_depth
+    from depthcurse.study import TableCollector, analyse_public
+
+    text = MICRO.replace("[public]\nenabled = false", """[public]
+enabled = true
+[public.analysis]
+n_prompts = 2
+prompt_tokens = 16
+batch_size = 2
+block_size = 2
+only = ["contributions"]
+""")
+    recipe = parse_recipe(tomllib.loads(text))
+    collector = TableCollector()
+    row = analyse_public(recipe, tmp_path, collector, echo=lambda text: None)
+    assert row["label"] == "SmolLM2-135M-Instruct (Q4_1, dequantized)"
+    assert row["n_layers"] == 30
+    assert "Q4_1" in row["note"]
+
+    tables = collector.tables()
+    assert set(tables) == {"contributions"}
+    assert set(tables["contributions"]["variant"]) == {"public"}
+    assert tables["contributions"]["seed"].isna().all()
+    assert tables["contributions"]["layer"].max() == 29
+
+    models = pd.DataFrame([row])
+    curse = curse_of_depth(tables, models, baseline="none")
+    assert [f.key for f in curse] == ["curse_of_depth/all", "curse_of_depth/excluding_layer_0"]
+    for finding in curse:
+        assert finding.verdict.endswith("for the single model (no interval)")
+        assert finding.estimate.n == 1
+        assert finding.estimate.value > 0
+
+
+def synthetic_models(labels):
+    rows = [
+        {"label": label, "variant": label.split("-seed")[0], "seed": int(label[-1]), "n_layers": 4,
+         "step": 10}
+        for label in labels
+    ]
+    table = pd.DataFrame(rows)
+    table["seed"] = table["seed"].astype("Int64")
+    return table
+
+
+def test_curse_of_depth_ratio_hand_computed():
+    from depthcurse.findings import curse_of_depth
+
+    models = synthetic_models(["none-seed0", "none-seed1"])
+    per_model = {"none-seed0": [4.0, 1.0, 0.5, 0.5], "none-seed1": [4.0, 1.0, 0.25, 0.25]}
+    rows = [
+        {"model": label, "layer": layer, "metric": "layer", "statistic": "mean", "value": value,
+         "step": 10}
+        for label, values in per_model.items()
+        for layer, value in enumerate(values)
+    ]
+    # An earlier stage's rows (step 5) must not enter the final-checkpoint ratio.
+    rows.append({"model": "none-seed0", "layer": 3, "metric": "layer", "statistic": "mean",
+                 "value": 100.0, "step": 5})
+    findings = curse_of_depth({"contributions": pd.DataFrame(rows)}, models, "none")
+    by_key = {f.key: f for f in findings}
+    # All layers: (0.5 + 0.5) / (4 + 1) = 0.2 and 0.5 / 5 = 0.1.
+    assert by_key["curse_of_depth/all"].per_seed == pytest.approx([0.2, 0.1])
+    assert by_key["curse_of_depth/all"].verdict == "supported"
+    # Layer 0 excluded: layers 1..3 split into [1] and [3]: 0.5 and 0.25.
+    assert by_key["curse_of_depth/excluding_layer_0"].per_seed == pytest.approx([0.5, 0.25])
+
+
+def test_loss_vs_compute_paired_by_seed():
+    from depthcurse.findings import compute_findings
+
+    rows = []
+    for variant, losses, fraction in (("none", [5.0, 5.2], 1.0), ("midas", [4.9, 5.1], 0.6)):
+        for seed, loss in enumerate(losses):
+            for step, share in ((5, 0.5), (10, 1.0)):
+                rows.append({"variant": variant, "seed": seed, "kind": "eval", "step": step,
+                             "loss": loss + (10 - step) * 0.1, "compute_fraction": fraction * share})
+    curves = pd.DataFrame(rows)
+    [finding] = compute_findings(curves, "none", ["midas"])
+    # The same 0.1 gain in both seeds: a zero-width interval below 0.
+    assert finding.per_seed == pytest.approx([-0.1, -0.1])
+    assert finding.verdict == "supported"
+    assert "0.600 of the baseline's training FLOPs" in finding.statement
