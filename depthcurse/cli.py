@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 # Passive OpenMP threads: on a shared 2-core machine a busy-waiting pool made
 # training steps about 10x slower. Set before torch starts its thread pool.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer  # noqa: E402
+
+if TYPE_CHECKING:
+    from depthcurse.suite import SuiteOptions
 
 app = typer.Typer(
     help="Train depth-grown transformers and measure how they use their depth.",
@@ -188,3 +191,130 @@ def evaluate_command(
             f"held-out NLL {result.nll:.4f} [{result.nll_low:.4f}, {result.nll_high:.4f}] nats/token, "
             f"perplexity {result.perplexity:.2f}, {result.n_tokens} tokens in {result.n_sequences} sequences"
         )
+
+
+def _suite_options(
+    n_prompts: int, prompt_tokens: int, block_size: int | None, settings: list[str] | None
+) -> SuiteOptions:
+    """Build SuiteOptions from the command-line options and KEY=VALUE (TOML value) overrides."""
+    import tomllib
+
+    from depthcurse.config import ConfigError
+    from depthcurse.suite import SuiteOptions
+
+    values: dict = {"n_prompts": n_prompts, "prompt_tokens": prompt_tokens, "block_size": block_size}
+    for setting in settings or []:
+        key, sep, raw = setting.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--option {setting!r} is not KEY=VALUE, e.g. --option tuned_lens_steps=20")
+        try:
+            values[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key.strip()] = raw
+    try:
+        return SuiteOptions.from_dict(values)
+    except (ConfigError, TypeError) as err:
+        raise typer.BadParameter(str(err)) from err
+
+
+def _only(only: str | None) -> tuple[str, ...] | None:
+    from depthcurse.suite import check_analyses
+
+    if only is None:
+        return None
+    try:
+        return check_analyses([name.strip() for name in only.split(",") if name.strip()])
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--only") from err
+
+
+OnlyOption = Annotated[
+    str | None,
+    typer.Option("--only", help="Comma-separated analyses to run, e.g. residual_norms,logit_lens (default: all)."),
+]
+NPromptsOption = Annotated[int, typer.Option("--n-prompts", help="Validation prompts the analyses run on.")]
+PromptTokensOption = Annotated[
+    int, typer.Option("--prompt-tokens", help="Tokens per prompt (capped at the model's context).")
+]
+CacheOption = Annotated[
+    Path | None, typer.Option("--cache", help="Result cache folder (default: OUT/cache).")
+]
+BlockSizeOption = Annotated[
+    int | None,
+    typer.Option("--block-size", help="Block size of block perturbations (default: the growth history's, else 2)."),
+]
+SettingOption = Annotated[
+    list[str] | None,
+    typer.Option("--option", help="Suite option KEY=VALUE, e.g. --option tuned_lens_steps=20 (see SuiteOptions)."),
+]
+FiguresOption = Annotated[
+    bool, typer.Option("--figures/--no-figures", help="Draw the figures after the tables.")
+]
+
+
+def _fail(err: Exception) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command("analyze")
+def analyze_command(
+    source: Annotated[
+        str, typer.Argument(help="Checkpoint or run folder, Hugging Face folder, .gguf file or smollm2-135m.")
+    ],
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: results/analyze-NAME).")] = None,
+    only: OnlyOption = None,
+    n_prompts: NPromptsOption = 20,
+    prompt_tokens: PromptTokensOption = 128,
+    cache: CacheOption = None,
+    block_size: BlockSizeOption = None,
+    option: SettingOption = None,
+    figures: FiguresOption = True,
+) -> None:
+    """Run the analysis suite on one model; write tables, figures and a result cache."""
+    from depthcurse.analyze import analyze
+    from depthcurse.sources import LoadError
+
+    names = _only(only)
+    options = _suite_options(n_prompts, prompt_tokens, block_size, option)
+    out = out or Path("results") / f"analyze-{Path(str(source)).name}"
+    try:
+        result = analyze(
+            source, out, only=names, options=options, cache_dir=cache, figures=figures,
+            progress=lambda step: typer.echo(f"[analyze] {step}", err=True),
+        )
+    except (LoadError, FileNotFoundError, ValueError) as err:
+        _fail(err)
+    typer.echo(f"wrote {len(result.tables)} tables and {len(result.figures)} figure files to {out}")
+
+
+@app.command("compare")
+def compare_command(
+    source_a: Annotated[str, typer.Argument(help="Model A: any source `depthcurse analyze` accepts.")],
+    source_b: Annotated[str, typer.Argument(help="Model B: any source `depthcurse analyze` accepts.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: results/compare-A-B).")] = None,
+    only: OnlyOption = None,
+    n_prompts: NPromptsOption = 20,
+    prompt_tokens: PromptTokensOption = 128,
+    cache: CacheOption = None,
+    block_size: BlockSizeOption = None,
+    option: SettingOption = None,
+    figures: FiguresOption = True,
+) -> None:
+    """Run the suite on two models; write side-by-side tables, overlaid figures and report.md."""
+    from depthcurse.analyze import compare
+    from depthcurse.sources import LoadError
+
+    names = _only(only)
+    options = _suite_options(n_prompts, prompt_tokens, block_size, option)
+    out = out or Path("results") / f"compare-{Path(source_a).name}-{Path(source_b).name}"
+    try:
+        result = compare(
+            source_a, source_b, out, only=names, options=options, cache_dir=cache, figures=figures,
+            progress=lambda step: typer.echo(f"[compare] {step}", err=True),
+        )
+    except (LoadError, FileNotFoundError, ValueError) as err:
+        _fail(err)
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"wrote {len(result.tables)} tables, {len(result.figures)} figure files and {result.report}")

@@ -35,6 +35,9 @@ ANALYSES = (
 )
 
 
+FALLBACK_BLOCK_SIZE = 2
+
+
 @dataclass
 class SuiteOptions:
     """Sizes and choices of one suite run; they are part of every cache key."""
@@ -60,7 +63,9 @@ class SuiteOptions:
     depth_score_prompts: int = 8
     """Prompts per level for the per-level depth score (future-mode skips are costly)."""
     block_size: int | None = None
-    """Block size for block perturbations and symmetry; None reads it from the growth history."""
+    """Block size for block perturbations and symmetry. None reads it from the growth
+    history, and a model without one (a baseline, a public model) uses
+    `FALLBACK_BLOCK_SIZE` (1 when that does not divide its depth)."""
     seed: int = 0
     """Seed of prompt sampling, bootstraps and generated tasks."""
 
@@ -255,13 +260,27 @@ def _primitive_level_sets(model: Any, options: SuiteOptions) -> dict[str, Any]:
     return sets
 
 
+def block_size_for(model: Any, options: SuiteOptions) -> int:
+    """Return `options.block_size`, else the growth history's, else `FALLBACK_BLOCK_SIZE` or 1."""
+    from depthcurse.analyses.perturbations import block_size_of
+
+    if options.block_size is not None:
+        return options.block_size
+    try:
+        return block_size_of(model)
+    except ValueError:
+        # NOTE: a model that was never grown has no block size of its own; compare it with
+        # grown models by passing theirs in SuiteOptions.block_size.
+        return FALLBACK_BLOCK_SIZE if model.cfg.n_layers % FALLBACK_BLOCK_SIZE == 0 else 1
+
+
 def _perturbations(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -> pd.DataFrame:
     from depthcurse.analyses.perturbations import perturbations
 
     return perturbations(
         model,
         prompts,
-        block_size=options.block_size,
+        block_size=block_size_for(model, options),
         seed=options.seed,
         batch_size=options.batch_size,
     )
@@ -282,7 +301,7 @@ def _periodicity(model: Any, prompts: Any, options: SuiteOptions, tables: dict) 
 def _symmetry(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -> pd.DataFrame:
     from depthcurse.analyses.symmetry import symmetry_scores
 
-    return symmetry_scores(model, block_size=options.block_size)
+    return symmetry_scores(model, block_size=block_size_for(model, options))
 
 
 def _evaluation(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -> pd.DataFrame:

@@ -1,0 +1,125 @@
+"""Tests of `depthcurse analyze` and `depthcurse compare` on tiny random checkpoints."""
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from depthcurse.cli import app
+
+SMALL = [
+    "--n-prompts", "4", "--prompt-tokens", "32",
+    "--option", "tuned_lens_steps=5", "--option", "batch_size=4",
+]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.mark.slow
+def test_analyze_writes_tables_figures_and_reuses_cache(tiny_checkpoints, tmp_path):
+    out = tmp_path / "out"
+    args = ["analyze", str(tiny_checkpoints["a"]), "--out", str(out),
+            "--only", "residual_norms,contributions,pruning", *SMALL]
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    for name in ("residual_norms", "contributions", "pruning"):
+        assert (out / "tables" / f"{name}.parquet").is_file()
+        assert (out / "tables" / f"{name}.csv").is_file()
+        assert (out / "figures" / f"{name}.pdf").is_file()
+        assert (out / "figures" / f"{name}.png").is_file()
+    table = pd.read_parquet(out / "tables" / "pruning.parquet")
+    assert set(table["model"]) == {"a"}
+    cached = sorted(p.name for p in (out / "cache").iterdir())
+    assert len(cached) == 3
+
+    # A second run reads every table from the cache and writes no new entry.
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "cache").iterdir()}
+    second = invoke(*args, "--no-figures")
+    assert second.exit_code == 0, second.output
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "cache").iterdir()} == stamps
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "tables" / "pruning.parquet"), table)
+
+
+def test_analyze_run_folder_label_and_cache_option(tiny_checkpoints, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "step-000001").symlink_to(tiny_checkpoints["a"], target_is_directory=True)
+    cache = tmp_path / "shared-cache"
+    result = invoke("analyze", str(run), "--out", str(tmp_path / "out"), "--cache", str(cache),
+                    "--only", "symmetry", "--no-figures", *SMALL)
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(tmp_path / "out" / "tables" / "symmetry.parquet")
+    assert set(table["model"]) == {"run/step-000001"}
+    assert len(list(cache.glob("symmetry-*.parquet"))) == 1
+
+
+@pytest.mark.slow
+def test_compare_models_of_different_depth(tiny_checkpoints, tmp_path):
+    out = tmp_path / "cmp"
+    result = invoke("compare", str(tiny_checkpoints["a"]), str(tiny_checkpoints["b"]), "--out", str(out),
+                    "--only", "contributions,logit_lens,skip_effects,heldout_nll", *SMALL)
+    assert result.exit_code == 0, result.output
+    contributions = pd.read_parquet(out / "tables" / "contributions.parquet")
+    assert contributions.groupby("model")["layer"].max().to_dict() == {"a": 3, "b": 5}
+    linear = pd.read_parquet(out / "tables" / "linear_map.parquet")
+    assert linear["source_layer"].max() == 4 and linear["target_layer"].max() == 6
+    figures = {p.name for p in (out / "figures").iterdir()}
+    assert {"contributions.png", "lens.png", "skip_effects-difference.png", "linear_map.pdf"} <= figures
+    assert {"skip_effects-a.png", "skip_effects-b.png"} <= figures
+    report = (out / "report.md").read_text()
+    assert "| metric | a | b | B − A | differ? |" in report
+    assert "held-out NLL (nats/token)" in report
+    assert "## Linear map" in report
+
+
+def test_compare_different_tokenizers_skips_linear_map(tiny_checkpoints, tmp_path):
+    out = tmp_path / "cmp"
+    result = invoke("compare", str(tiny_checkpoints["a"]), str(tiny_checkpoints["c"]), "--out", str(out),
+                    "--only", "heldout_nll", "--no-figures", *SMALL)
+    assert result.exit_code == 0, result.output
+    assert "linear map was skipped" in result.output
+    assert not (out / "tables" / "linear_map.parquet").exists()
+    report = (out / "report.md").read_text()
+    assert "vocabularies differ in size (300 and 280 tokens)" in report
+    table = pd.read_parquet(out / "tables" / "heldout_nll.parquet")
+    assert list(table["model"]) == ["a", "c"]
+
+
+def test_compare_same_folder_names_get_distinct_labels(tiny_checkpoints, tmp_path):
+    result = invoke("compare", str(tiny_checkpoints["a"]), str(tiny_checkpoints["a"]),
+                    "--out", str(tmp_path / "cmp"), "--only", "heldout_nll", "--no-figures", *SMALL)
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(tmp_path / "cmp" / "tables" / "heldout_nll.parquet")
+    assert list(table["model"]) == ["A a", "B a"]
+    # Same weights and prompts: identical numbers.
+    assert table["nll"].iloc[0] == table["nll"].iloc[1]
+
+
+def test_analyze_missing_source(tmp_path):
+    result = invoke("analyze", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert "does not exist" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_analyze_unknown_analysis_name(tiny_checkpoints, tmp_path):
+    result = invoke("analyze", str(tiny_checkpoints["a"]), "--only", "residual_norms,depth_scores")
+    assert result.exit_code == 2
+    assert "unknown analysis 'depth_scores'" in result.output
+
+
+def test_analyze_bad_suite_option(tiny_checkpoints, tmp_path):
+    result = invoke("analyze", str(tiny_checkpoints["a"]), "--option", "tuned_lens_step=5")
+    assert result.exit_code == 2
+    assert "tuned_lens_step" in result.output
+    result = invoke("analyze", str(tiny_checkpoints["a"]), "--option", "seed")
+    assert result.exit_code == 2
+    assert "KEY=VALUE" in result.output
+
+
+def test_compare_missing_second_source(tiny_checkpoints, tmp_path):
+    result = invoke("compare", str(tiny_checkpoints["a"]), str(tmp_path / "nowhere"),
+                    "--out", str(tmp_path / "cmp"))
+    assert result.exit_code == 2
+    assert "does not exist" in result.output

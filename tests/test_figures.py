@@ -1,0 +1,190 @@
+"""Tests of run_suite caching, the figure registry and figures drawn from saved tables."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from depthcurse import suite
+from depthcurse.cache import ResultCache, model_hash
+from depthcurse.figures import (
+    figure_caption,
+    load_results,
+    make_figures,
+    planned_figures,
+    prepare_tables,
+)
+from depthcurse.plots.compare import relative_depth, resample
+from depthcurse.plots.runs import training_curves
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_run_suite_second_call_computes_nothing(tiny_checkpoints, tiny_suite_options, tmp_path, monkeypatch):
+    import depthcurse.analyses
+
+    calls = {"stream": 0, "symmetry": 0}
+    collect = depthcurse.analyses.collect_stream
+    symmetry = suite._ANALYSIS_RUNNERS["symmetry"]
+
+    def counting_collect(*args, **kwargs):
+        calls["stream"] += 1
+        return collect(*args, **kwargs)
+
+    def counting_symmetry(*args, **kwargs):
+        calls["symmetry"] += 1
+        return symmetry(*args, **kwargs)
+
+    monkeypatch.setattr(depthcurse.analyses, "collect_stream", counting_collect)
+    monkeypatch.setitem(suite._ANALYSIS_RUNNERS, "symmetry", counting_symmetry)
+    model = depthcurse.load(tiny_checkpoints["a"])
+    cache = ResultCache(tmp_path / "cache")
+    digest = model_hash(tiny_checkpoints["a"])
+    only = ["residual_norms", "logit_lens", "symmetry"]
+
+    first = suite.run_suite(model, only=only, options=tiny_suite_options, cache=cache, model_digest=digest)
+    assert calls == {"stream": 1, "symmetry": 1}
+    second = suite.run_suite(model, only=only, options=tiny_suite_options, cache=cache, model_digest=digest)
+    assert calls == {"stream": 1, "symmetry": 1}, "a cached run must not compute again"
+    for name in only:
+        pd.testing.assert_frame_equal(first[name], second[name])
+
+    changed = suite.SuiteOptions(**{**tiny_suite_options.to_dict(), "n_prompts": 3})
+    suite.run_suite(model, only=["symmetry"], options=changed, cache=cache, model_digest=digest)
+    assert calls["symmetry"] == 2, "other options are another cache key"
+
+
+def test_every_suite_table_has_model_column(suite_tables):
+    assert set(suite_tables["a"]) == set(suite.ANALYSES)
+    for name, table in suite_tables["a"].items():
+        assert "model" in table.columns, name
+        assert set(table["model"]) == {"a"}, name
+        assert not table.empty, name
+
+
+@pytest.mark.slow
+def test_figures_single_model_smoke(suite_tables, tmp_path):
+    suite.save_tables(suite_tables["a"], tmp_path / "tables")
+    paths = make_figures(tmp_path, tmp_path / "figures")
+    stems = {p.stem for p in paths}
+    expected = {
+        "residual_norms", "contributions", "cosines", "lens", "layer_similarity",
+        "weight_similarity", "skip_effects", "output_change", "depth_score", "perturbations",
+        "pruning", "periodicity", "symmetry", "evaluation", "heldout_nll",
+    }
+    assert stems == expected
+    for path in paths:
+        assert path.stat().st_size > 1000, path
+    assert {p.suffix for p in paths} == {".pdf", ".png"}
+    assert len(paths) == 2 * len(expected)
+
+
+@pytest.mark.slow
+def test_figures_two_models_and_stages_smoke(suite_tables, tmp_path):
+    both = {
+        name: pd.concat([suite_tables["a"][name], suite_tables["b"][name]], ignore_index=True)
+        for name in suite_tables["a"]
+    }
+    staged = suite_tables["a"]["contributions"]
+    both["contributions"] = pd.concat(
+        [both["contributions"]] + [staged.assign(model="a-grown", step=s) for s in (10, 20)],
+        ignore_index=True,
+    )
+    paths = make_figures(both, tmp_path, formats=("png",))
+    stems = {p.stem for p in paths}
+    # Per-layer curves overlay all models; matrices come once per model plus a difference.
+    assert "residual_norms" in stems and "residual_norms-a" not in stems
+    assert {"skip_effects-a", "skip_effects-b", "skip_effects-difference"} <= stems
+    assert "layer_similarity-difference" in stems
+    assert "contributions-over-step-a-grown" in stems
+    assert "contributions-over-step-a" not in stems, "models without steps get no stage figure"
+
+
+def test_stage_table_keeps_last_checkpoint(suite_tables):
+    staged = pd.concat(
+        [suite_tables["a"]["residual_norms"].assign(step=s) for s in (5, 9)], ignore_index=True
+    )
+    plans = planned_figures(prepare_tables({"residual_norms": staged}))
+    tables = {stem: table for stem, _, table in plans}
+    assert set(tables) == {"residual_norms-over-step-a", "residual_norms"}
+    assert set(tables["residual_norms"]["step"]) == {9}
+
+
+def test_caption_states_conventions(suite_tables):
+    lens = suite_tables["a"]["logit_lens"].assign(note="GGUF weights stored as Q4_1")
+    caption = " ".join(figure_caption(lens).split())
+    assert "position 0 excluded" in caption
+    assert "KL(lens ‖ final)" in caption
+    assert "model dtype float32" in caption
+    assert "weight processing off" in caption
+    assert "a: GGUF weights stored as Q4_1" in caption
+    assert "KL" not in figure_caption(suite_tables["a"]["residual_norms"])
+
+
+def test_relative_depth_and_resample():
+    table = pd.DataFrame({"model": ["x"] * 3 + ["y"] * 5, "layer": [0, 1, 2, 0, 1, 2, 3, 4]})
+    np.testing.assert_allclose(relative_depth(table), [0, 0.5, 1, 0, 0.25, 0.5, 0.75, 1])
+    matrix = np.arange(9.0).reshape(3, 3)
+    grown = resample(matrix, 5)
+    assert grown.shape == (5, 5)
+    assert grown[0, 0] == 0 and grown[-1, -1] == 8 and grown[2, 2] == 4
+
+
+def _fake_run(folder: Path, cfg, records: list[dict]) -> Path:
+    folder.mkdir(parents=True)
+    info = {"config": {"growth": "midas", "seed": 1, "seq_len": 16}, "model_config": cfg.to_dict()}
+    (folder / "run.json").write_text(json.dumps(info))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def test_training_curves_charge_each_depth(small_config, tmp_path):
+    from depthcurse.growth import flops_per_token
+
+    records = [
+        {"kind": "train", "step": 1, "tokens": 100, "stage": 0, "depth": 1, "loss": 4.0},
+        {"kind": "growth", "step": 1},
+        {"kind": "train", "step": 2, "tokens": 300, "stage": 1, "depth": 3, "loss": 3.0},
+        {"kind": "eval", "step": 2, "tokens": 300, "stage": 1, "val_loss": 3.5},
+    ]
+    run = _fake_run(tmp_path / "results" / "runs" / "midas-s1", small_config, records)
+    table = training_curves([run], root=tmp_path / "results")
+    expected = flops_per_token(small_config, 1, 16) * 100 + flops_per_token(small_config, 3, 16) * 200
+    assert list(table["kind"]) == ["train", "train", "eval"]
+    assert table["flops"].iloc[1] == pytest.approx(expected)
+    assert table["flops"].iloc[2] == pytest.approx(expected)
+    assert set(table["run"]) == {"runs/midas-s1"}
+    assert set(table["variant"]) == {"midas"}
+
+    # make_figures finds run folders inside a results folder and draws loss against compute.
+    paths = make_figures(tmp_path / "results", tmp_path / "figures", formats=("png",))
+    assert [p.name for p in paths] == ["loss_vs_compute.png"]
+
+
+def test_empty_results_folder_is_rejected(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no .parquet tables"):
+        load_results(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_results(tmp_path / "missing")
+
+
+def test_make_figures_script(suite_tables, tmp_path):
+    script = REPO / "figures" / "make_figures.py"
+    env = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": ""}
+    empty = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, env=env
+    )
+    assert empty.returncode == 2
+    assert "no .parquet tables" in empty.stderr
+
+    suite.save_tables({"symmetry": suite_tables["a"]["symmetry"]}, tmp_path / "tables")
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), "--out", str(tmp_path / "f")],
+        capture_output=True, text=True, env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["symmetry.pdf", "symmetry.png"]
