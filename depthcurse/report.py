@@ -72,7 +72,8 @@ def _blocks(
     blocks.append(("h2", "Figures"))
     if figure_problem:
         blocks.append(("p", figure_problem))
-    pngs = [f for f in figures if f.suffix == ".png"]
+    # Figures that overlay every model come first, then one figure per model.
+    pngs = sorted((f for f in figures if f.suffix == ".png"), key=lambda f: ("-" in f.stem, f.stem))
     for figure in pngs:
         blocks.append(("img", figure))
     if not pngs and not figure_problem:

@@ -336,16 +336,34 @@ def training_curves(recipe: StudyRecipe, runs: list[RunRecord]) -> pd.DataFrame:
 
 
 def draw_figures(tables_dir: Path, figures_dir: Path, echo: Callable[[str], None]) -> tuple[list[Path], str]:
-    """Draw every figure with `depthcurse.figures.make_figures`; return (files, problem or "")."""
+    """Draw every figure with `depthcurse.figures.make_figures`; return (files, problems or "")."""
+    import logging
+
     try:
         from depthcurse.figures import make_figures
     except ImportError as err:
-        return [], f"figures were not drawn: depthcurse.figures is not available ({err})"
+        return [], f"Figures were not drawn: depthcurse.figures is not available ({err})."
+
+    skipped: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            skipped.append(record.getMessage())
+
+    logger = logging.getLogger("depthcurse.figures")
+    handler = Collect(level=logging.WARNING)
+    logger.addHandler(handler)
     try:
-        return list(make_figures(tables_dir, figures_dir)), ""
+        files = list(make_figures(tables_dir, figures_dir, strict=False))
     except Exception as err:  # noqa: BLE001 - a figure bug must not lose the tables and report
         echo(f"[figures] failed: {type(err).__name__}: {err}")
-        return [], f"drawing the figures failed: {type(err).__name__}: {err}"
+        return [], f"Drawing the figures failed: {type(err).__name__}: {err}."
+    finally:
+        logger.removeHandler(handler)
+    for message in skipped:
+        echo(f"[figures] {message}")
+    problem = "Figures not drawn: " + "; ".join(skipped) + "." if skipped else ""
+    return files, problem
 
 
 def _silent(text: str) -> None:
