@@ -115,6 +115,9 @@ def reproduce(
         int | None, typer.Option(help="Use this many seeds per variant instead of the recipe's list.")
     ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    figures: Annotated[
+        bool, typer.Option("--figures/--no-figures", help="Draw the figures (PDF and PNG).")
+    ] = True,
 ) -> None:
     """Run the whole study: train every variant and seed, analyse them and the public model, report."""
     from depthcurse.hardware import physical_cores
@@ -128,7 +131,9 @@ def reproduce(
     from depthcurse.train import TrainError
 
     try:
-        result = run_study(recipe, out, seeds=seeds, progress=progress, echo=typer.echo)
+        result = run_study(
+            recipe, out, seeds=seeds, progress=progress, figures=figures, echo=typer.echo
+        )
     except (ConfigError, TrainError, CheckpointError, LoadError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=2) from None

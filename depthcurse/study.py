@@ -376,12 +376,14 @@ def reproduce(
     *,
     seeds: int | None = None,
     progress: bool = True,
+    figures: bool = True,
     echo: Callable[[str], None] = print,
 ) -> StudyResult | None:
     """Run the whole study of `recipe` into folder `out` and return what it wrote.
 
     `seeds` replaces the recipe's seed list by its first `seeds` seeds (more
-    seeds are numbered upwards). Finished runs and cached analysis tables are
+    seeds are numbered upwards). `figures=False` skips drawing the figures.
+    Finished runs and cached analysis tables are
     reused, so a second call only redraws the figures and the report. Under
     torchrun every process trains (with DDP) and only rank 0 analyses and
     reports; the other ranks return None after training.
@@ -437,10 +439,13 @@ def reproduce(
     )
     tables["findings"] = findings_table(findings)
     tables_dir = save_tables(tables, out / "tables")
-    figures, figure_problem = draw_figures(tables_dir, out / "figures", echo)
+    if figures:
+        drawn, figure_problem = draw_figures(tables_dir, out / "figures", echo)
+    else:
+        drawn, figure_problem = [], "Figures were not drawn: switched off for this call."
     timings["tables, figures and report"] = time.perf_counter() - started
     report, html = write_report(
-        out, recipe, runs, models_table, findings, figures, figure_problem, timings
+        out, recipe, runs, models_table, findings, drawn, figure_problem, timings
     )
     echo(f"report: {report} and {html}")
-    return StudyResult(out, runs, tables, tables["findings"], figures, report, html, timings)
+    return StudyResult(out, runs, tables, tables["findings"], drawn, report, html, timings)

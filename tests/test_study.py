@@ -127,10 +127,13 @@ def test_reproduce_micro_recipe_end_to_end(tmp_path):
     html = (out / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>")
     assert "<h2>Findings</h2>" in html
+    assert (out / "figures" / "contributions.png").is_file()
+    assert (out / "figures" / "contributions.pdf").is_file()
+    assert 'src="data:image/png;base64,' in html
 
     # A second call reuses every run: no checkpoint is rewritten.
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("model.safetensors")}
-    again = reproduce(recipe_file, out, progress=False, echo=lambda text: None)
+    again = reproduce(recipe_file, out, progress=False, figures=False, echo=lambda text: None)
     assert [r.status for r in again.runs] == ["reused"] * 4
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     pd.testing.assert_frame_equal(
@@ -170,7 +173,7 @@ def test_reproduce_resumes_interrupted_run(tmp_path, monkeypatch):
             train_module.train(cfg, folder)
     assert run_status(folder, recipe.train_config("none", 1)) == "partial"
 
-    result = reproduce(recipe, out, progress=False, echo=lambda text: None)
+    result = reproduce(recipe, out, progress=False, figures=False, echo=lambda text: None)
     assert {r.label: r.status for r in result.runs} == {"none-seed0": "trained", "none-seed1": "resumed"}
     assert "resumed from" in (folder / "train.log").read_text()
     assert run_status(folder, recipe.train_config("none", 1)) == "finished"
