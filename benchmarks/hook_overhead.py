@@ -12,9 +12,9 @@ Measures, on the same machine in the same run:
    transformers model from the GGUF file.
 
 Goals: hooked / raw eager <= 1.05 at batch 8 x 256 tokens; peak RSS of the
-load <= 2 GB. Timed forwards alternate between the two models so that load
-from other processes on a shared machine hits both alike; the table reports
-the median of the repeats.
+load <= 2 GB. Timed forwards alternate between the models, so load from
+other processes on a shared machine hits all of them alike. The table
+reports the median wall-clock time and process CPU time of the repeats.
 
     PYTHONPATH=. python benchmarks/hook_overhead.py [--batch 8] [--seq 256] [--repeats 5]
 """
@@ -55,10 +55,11 @@ def peak_rss_mb(code: str) -> float:
     return int(out.stdout.strip().splitlines()[-1]) / 1024
 
 
-def time_call(fn) -> float:
-    start = time.perf_counter()
+def time_call(fn) -> tuple[float, float]:
+    """Return the wall-clock and process CPU seconds of one call of `fn`."""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def machine() -> str:
@@ -113,23 +114,33 @@ def main() -> None:
         "bridge forward, no hooks": lambda: bridge(tokens),
         "transformers forward (sdpa attention)": lambda: raw["sdpa"](tokens),
     }
-    times: dict[str, list[float]] = {name: [] for name in runs}
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
         for fn in runs.values():
             fn()  # warm-up: first-call allocations and kernel selection
         for _ in range(args.repeats):
             for name, fn in runs.items():
-                times[name].append(time_call(fn))
+                wall_s, cpu_s = time_call(fn)
+                wall[name].append(wall_s)
+                cpu[name].append(cpu_s)
 
-    baseline = statistics.median(times["transformers forward (eager attention)"])
-    print(f"machine: {machine()}")
+    # Process CPU time is the steadier measure on a shared machine: time spent
+    # waiting for a core counts in wall-clock time but not in CPU time.
+    peer = "transformers forward (eager attention)"
+    wall_base, cpu_base = statistics.median(wall[peer]), statistics.median(cpu[peer])
+    print(f"machine: {machine()}, load average {os.getloadavg()[0]:.1f}")
     print(f"model: {bridge.depthcurse_info.describe()}")
-    print(f"input: batch {args.batch} x {args.seq} tokens, float32, {args.repeats} repeats (median)\n")
-    print(f"| {'forward':<40} | {'median s':>9} | {'min s':>7} | {'vs eager':>8} |")
-    print(f"|{'-' * 42}|{'-' * 11}|{'-' * 9}|{'-' * 10}|")
-    for name, samples in times.items():
-        median = statistics.median(samples)
-        print(f"| {name:<40} | {median:9.3f} | {min(samples):7.3f} | {median / baseline:7.3f}x |")
+    print(f"input: batch {args.batch} x {args.seq} tokens, float32, median of {args.repeats} repeats\n")
+    header = f"| {'forward':<40} | {'wall s':>7} | {'vs eager':>8} | {'CPU s':>7} | {'vs eager':>8} |"
+    print(header)
+    print("|" + "|".join("-" * (len(cell) + 2) for cell in header.strip("| ").split(" | ")) + "|")
+    for name in runs:
+        wall_s, cpu_s = statistics.median(wall[name]), statistics.median(cpu[name])
+        print(
+            f"| {name:<40} | {wall_s:7.2f} | {wall_s / wall_base:7.3f}x "
+            f"| {cpu_s:7.2f} | {cpu_s / cpu_base:7.3f}x |"
+        )
     print()
     print(f"| {'load (fresh process)':<40} | {'peak RSS MiB':>12} |")
     print(f"|{'-' * 42}|{'-' * 14}|")

@@ -72,7 +72,7 @@ def run_engine(model: Any, batch: tuple[torch.Tensor, torch.Tensor], engine: str
     start = time.perf_counter()
     arrays = skip_effect_arrays(
         model, batch, part="layer", mode="current", engine=engine,
-        batch_size=args.prompts, max_rows=args.max_rows,
+        batch_size=args.prompts, max_rows=args.max_rows, progress=False,
     )
     return time.perf_counter() - start, arrays
 

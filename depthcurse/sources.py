@@ -64,7 +64,7 @@ BUNDLED = {
 
 @dataclass
 class ResolvedSource:
-    """What `load` reads: a folder or a GGUF file, with its kind and our metadata."""
+    """Checked model source: the folder or GGUF file to read, its kind and our metadata."""
 
     path: Path
     kind: str  # "depthcurse", "huggingface" or "gguf"
@@ -127,8 +127,8 @@ def select_checkpoint(run: Path, *, stage: int | None = None, step: int | None =
 
     Without either, the latest complete checkpoint (highest step). `step=N`
     picks the checkpoint written at step N; `stage=K` the latest one written
-    during growth stage K. A checkpoint is complete when its folder holds
-    `depthcurse.json`, `config.json` and `model.safetensors`; the temporary
+    during growth stage K. A checkpoint is complete when its folder contains
+    `depthcurse.json`, `config.json` and `model.safetensors`. The temporary
     folders of an interrupted atomic write start with a dot and are skipped.
     """
     if stage is not None and step is not None:
@@ -222,6 +222,17 @@ def weight_files(folder: Path) -> list[Path]:
             f"because unpickling can run code; convert them to {WEIGHTS_FILE}"
         )
     raise LoadError(f"{folder / WEIGHTS_FILE} is missing; the model folder has no weights")
+
+
+def file_containing(folder: Path, tensor_name: str) -> Path | None:
+    """Return the safetensors file of a Hugging Face folder that stores `tensor_name`."""
+    from safetensors import safe_open
+
+    for path in weight_files(folder):
+        with safe_open(str(path), framework="pt") as handle:
+            if tensor_name in handle.keys():
+                return path
+    return None
 
 
 def check_hf_folder(folder: Path) -> None:

@@ -158,7 +158,7 @@ def test_layer_stack_matches_bridge_bitwise(bridge, prompts):
 @pytest.mark.parametrize("mode", ["current", "future"])
 @pytest.mark.parametrize("part", ["layer", "attn", "mlp"])
 def test_prefix_engine_matches_naive(bridge, prompts, part, mode, local):
-    options = dict(part=part, mode=mode, local=local, batch_size=2)
+    options = dict(part=part, mode=mode, local=local, batch_size=2, n_positions=2)
     fast = skip_effect_arrays(bridge, prompts, engine="prefix", max_rows=6, **options)
     naive = skip_effect_arrays(bridge, prompts, engine="naive", **options)
     np.testing.assert_array_equal(np.isnan(fast.effect), np.isnan(naive.effect))
@@ -167,6 +167,18 @@ def test_prefix_engine_matches_naive(bridge, prompts, part, mode, local):
     if not local and part != "attn":
         # Σ_s (L − 1 − s) = L(L − 1)/2 layer runs after the clean run, against L·L.
         assert fast.layer_forwards / naive.layer_forwards <= 0.55
+
+
+def test_local_equals_skip_next_layer(bridge, prompts):
+    full = skip_effect_arrays(bridge, prompts, mode="future")
+    local = skip_effect_arrays(bridge, prompts, mode="future", local=True)
+    layers = np.arange(N_LAYERS - 1)
+    # Layer s + 1 reads h_{s+1} − Δ_s = h_s in both variants, so its change is the same.
+    np.testing.assert_allclose(
+        local.effect[:, layers, layers + 1], full.effect[:, layers, layers + 1], atol=ENGINE_ATOL
+    )
+    # Further on, the local variant stops propagation, so the matrices must differ.
+    assert np.nanmax(np.abs(local.effect - full.effect)) > 1e-3
 
 
 def test_batched_equals_one_by_one(bridge, prompts):

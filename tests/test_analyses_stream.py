@@ -541,3 +541,14 @@ def test_plots_draw_tables(stats, trained_lens, prompts, trained_model, grown_ru
         plt.close(figure)
     with pytest.raises(ValueError, match="expected a contributions table"):
         plot_contributions(stats.residual_norms())
+
+
+def test_lens_layers_subset(trained_model, prompts, stats):
+    last = CONFIG.n_layers
+    subset = logit_lens(trained_model, prompts, lens_layers=[0, last])
+    assert sorted(subset["layer"].unique()) == [0, last]
+    full = stats.logit_lens()
+    full = full[full["layer"].isin([0, last])].reset_index(drop=True)
+    np.testing.assert_allclose(subset["value"], full["value"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="lens_layers"):
+        logit_lens(trained_model, prompts, lens_layers=[last + 1])

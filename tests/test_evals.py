@@ -6,6 +6,7 @@ import copy
 import math
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,20 +139,17 @@ def test_nll_matches_hand_computed_cross_entropy(small_config):
     assert result.nll == pytest.approx(expected, rel=1e-5)
 
 
-def test_nll_input_kinds_agree(small_config):
+def test_nll_input_kinds_agree(small_config, tmp_path):
+    from depthcurse.data import open_tokens, write_tokens
+
     model = DepthcurseLM(small_config).eval()
     flat = np.random.default_rng(0).integers(0, 97, size=161)
     windows = np.stack([flat[i * 16 : i * 16 + 17] for i in range(10)])
-
-    class Store:  # the shape of depthcurse.data.TokenStore: a `tokens` array and a length
-        tokens = flat
-
-        def __len__(self) -> int:
-            return len(flat)
+    write_tokens(tmp_path / "val.bin", flat, 97)
 
     from_rows = heldout_nll(model, torch.from_numpy(windows), n_bootstrap=50)
     from_flat = heldout_nll(model, flat, seq_len=16, n_bootstrap=50)
-    from_store = heldout_nll(model, Store(), seq_len=16, n_bootstrap=50)
+    from_store = heldout_nll(model, open_tokens(tmp_path / "val.bin"), seq_len=16, n_bootstrap=50)
     prompt_set = PromptSet("w", [Prompt(str(i), row.tolist()) for i, row in enumerate(windows)])
     from_prompts = heldout_nll(model, prompt_set, n_bootstrap=50)
     for other in (from_flat, from_store, from_prompts):
@@ -294,6 +292,12 @@ def test_induction_answer_continues_the_copy():
         copied = instance.query.split(". Again:")[1].split()
         assert copied == sequence[: len(copied)]
         assert instance.answer.split() == sequence[len(copied) : len(copied) + 2]
+
+
+def test_generate_all_takes_one_task_name():
+    instances = generate_all("arithmetic", n_per_level=2, seed=0)
+    assert {i.task for i in instances} == {"arithmetic"}
+    assert len(instances) == 6
 
 
 def test_levels_keep_their_instances_when_others_are_added():
@@ -504,7 +508,7 @@ def test_mixture_keeps_base_rows_and_counter():
 def test_mixture_ranks_split_the_global_batch():
     from depthcurse.data import BatchSampler, TokenStore
 
-    corpus = TokenStore(None, np.arange(1000, 5000, dtype=np.int64), 5000)
+    corpus = TokenStore(Path("corpus.bin"), np.arange(1000, 5000, dtype=np.int64), 5000)
     generated = np.arange(0, 900, dtype=np.int64)
     weights = {"corpus": 0.5, "primitives": 0.5}
 
@@ -544,19 +548,23 @@ def test_primitive_tokens_are_separated_documents(tokenizer):
 # --- end to end: a small model learns from the cooldown mix -------------------------------------
 
 
-def _train(model, sampler, steps: int, lr: float = 3e-3) -> float:
+def _train(model, sampler, steps: int, optimizer_state=None, lr: float = 3e-3) -> dict:
+    """Train with AdamW (50 warm-up steps); pass the returned optimizer state on to continue."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
-    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 50))
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    done = optimizer.state_dict()["state"].get(0, {}).get("step", 0)
     model.train()
-    for _ in range(steps):
+    for step in range(int(done), int(done) + steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 50)
         x, y = next(sampler)
         loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        warmup.step()
     model.eval()
-    return loss.item()
+    return copy.deepcopy(optimizer.state_dict())
 
 
 @pytest.mark.slow
@@ -583,23 +591,23 @@ def test_cooldown_mix_teaches_depth_zero_assignment(capsys, tmp_path):
         max_seq_len=64, init_std=0.1,
     )
     pretrained = DepthcurseLM(config)
-    _train(pretrained, BatchSampler(corpus, 16, 64, seed), 100)
+    pretrained_state = _train(pretrained, BatchSampler(corpus, 16, 64, seed), 100)
 
-    steps = 800
+    steps = 1200
     with_mix = copy.deepcopy(pretrained)
     base = BatchSampler(corpus, 16, 64, seed)
     base.batches_drawn = 100
     mixture = MixtureSampler(base, {"primitives": generated}, {"corpus": 0.2, "primitives": 0.8})
-    _train(with_mix, mixture, steps)
+    _train(with_mix, mixture, steps, pretrained_state)
     without_mix = copy.deepcopy(pretrained)
     plain = BatchSampler(corpus, 16, 64, seed)
     plain.batches_drawn = 100
-    _train(without_mix, plain, steps)
+    _train(without_mix, plain, steps, pretrained_state)
 
     def depth_zero_accuracy(model):
         table = evaluate(
             model, tokenizer, "variable_assignment", levels={"variable_assignment": [0]},
-            n_per_level=100, seed=seed + 7, shots=1,
+            n_per_level=150, seed=seed + 7, shots=0,
         )
         hits = int(round((table["accuracy"] * table["n"]).sum()))
         return table, hits, int(table["n"].sum())
@@ -615,9 +623,9 @@ def test_cooldown_mix_teaches_depth_zero_assignment(capsys, tmp_path):
             f"with cooldown mix {mixed_hits / n:.3f} [{low:.3f}, {high:.3f}]; "
             f"without {plain_hits / n:.3f}"
         )
-    # NOTE: at this budget the model learns to answer with a value from the prompt (accuracy
-    # about 0.2 over seeds 0-2), not yet which value is bound to the queried variable: it stays
-    # below chance_in_prompt (1/3). Binding appeared after about 2,700 steps in longer runs.
+    # NOTE: at this budget the model learns to answer with a value from the prompt (0.21 to 0.34
+    # over seeds 0-2), not yet which value is bound to the queried variable: it does not exceed
+    # chance_in_prompt (1/3). Binding appeared after about 2,700 steps in longer runs.
     assert low > chance  # the Wilson interval lies above a uniform guess over 0..9
     assert plain_hits < mixed_hits
 

@@ -370,6 +370,21 @@ def test_hf_folder_matches_transformers(tmp_path, architecture):
         torch.testing.assert_close(cache[f"{block}.hook_resid_post"], post, atol=1e-6, rtol=0)
 
 
+def test_sharded_hf_folder_loads(tmp_path):
+    reference = tiny_hf_model("llama").eval()
+    reference.save_pretrained(tmp_path / "hf", max_shard_size="40KB")
+    shards = sorted(p.name for p in (tmp_path / "hf").glob("model-*.safetensors"))
+    assert len(shards) > 1
+    tokens = torch.randint(0, 101, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            depthcurse.load(tmp_path / "hf")(tokens), reference(tokens).logits, atol=PARITY_ATOL, rtol=0
+        )
+    (tmp_path / "hf" / shards[-1]).unlink()
+    with pytest.raises(LoadError, match=f"{shards[-1]} is missing"):
+        depthcurse.load(tmp_path / "hf")
+
+
 # ---------------------------------------------------------------------------
 # Bad input
 
@@ -455,7 +470,7 @@ def test_non_finite_weights_named(small_config, tmp_path, bad_value):
     weights = load_file(weights_path)
     weights["transformer.h.0.mlp.c_fc.weight"][1, 1] = bad_value
     save_file(weights, weights_path, metadata={"format": "pt"})
-    with pytest.raises(LoadError, match="transformer.h.0.mlp.c_fc.weight contains NaN or Inf"):
+    with pytest.raises(LoadError, match="model.safetensors: tensor transformer.h.0.mlp.c_fc.weight contains NaN"):
         depthcurse.load(tmp_path / "hf")
 
 
@@ -564,9 +579,10 @@ def test_smollm2_matches_transformers(smollm2):
     with torch.no_grad():
         expected = reference(batch.input_ids).logits.log_softmax(-1)
         actual = smollm2(batch.input_ids).log_softmax(-1)
-    # Same dequantized weights and the same eager float32 kernels; the bridge
-    # only adds hook points, so differences stay at float32 rounding level.
-    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=0)
+    # Same dequantized weights and the same eager float32 modules (the bridge
+    # calls them and adds hook points), so the difference measured 0.0 with
+    # transformers 5.25 and TransformerLens 4.3. 1e-5 allows kernel reordering.
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow

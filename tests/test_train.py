@@ -129,12 +129,12 @@ def test_parse_override_values():
 
 def test_type_and_range_errors_named():
     with pytest.raises(ConfigError, match="batch_size must be an integer"):
-        TrainConfig(batch_size=2.5)
+        TrainConfig.from_dict({"batch_size": 2.5})
     with pytest.raises(ConfigError, match="growth='grow'"):
         TrainConfig(growth="grow")
     with pytest.raises(ConfigError, match="max_steps must be positive"):
         TrainConfig(max_steps=0)
-    assert TrainConfig(lr=1).lr == 1.0  # an integer is a valid float
+    assert TrainConfig.from_dict({"lr": 1}).lr == 1.0  # an integer is a valid float
 
 
 def test_resolved_fills_block_size_and_seq_len():
@@ -471,3 +471,45 @@ def test_shipped_recipes_load(recipe):
     cfg = build_config(recipe=recipe).resolved()
     plan = make_stage_plan(cfg, cfg.model_config())
     assert sum(plan.lengths) == cfg.max_steps
+
+
+def test_cli_resume_reads_saved_config(corpus, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from depthcurse.cli import app
+
+    out = tmp_path / "run"
+    args = ["train", "--growth", "stack", "--max-steps", "8", *small_args(corpus),
+            "--set", "deterministic=true", "--set", "checkpoint_interval=2", "--out", str(out)]
+    runner = CliRunner()
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    final = out / "checkpoints" / "step-000008" / "model.safetensors"
+    expected = load_file(final)
+    # Simulate a run killed after the growth at step 3 and before step 4 was saved: the
+    # resumed run starts from the stage boundary and must grow again.
+    for step in (4, 6, 8):
+        shutil.rmtree(out / "checkpoints" / f"step-{step:06d}")
+
+    changed = runner.invoke(app, ["train", "--out", str(out), "--resume", "--max-steps", "9"])
+    assert changed.exit_code == 2
+    assert "max_steps: saved 8, now 9" in changed.output
+
+    resumed = runner.invoke(app, ["train", "--out", str(out), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "step-000003 at step 3" in resumed.output  # the "resumed from ..." line
+    again = load_file(final)
+    for name in expected:
+        assert torch.equal(again[name], expected[name]), name
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "growth"] == [3]
+
+
+def test_hardware_facts():
+    from depthcurse.hardware import cpu_peak_flops, physical_cores
+
+    assert 1 <= physical_cores() <= os.cpu_count()
+    peak = cpu_peak_flops(2)
+    assert peak is None or peak > 1e9  # any CPU in service does over 1 GFLOP/s per core

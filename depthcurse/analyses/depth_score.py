@@ -70,19 +70,20 @@ def depth_score(
     statistic: str = "max",
     n_bootstrap: int = 1000,
     confidence: float = 0.95,
-    seed: int = 0,
+    bootstrap_seed: int = 0,
     **skip_options: Any,
 ) -> pd.DataFrame:
     """Return the depth score of each prompt set with a bootstrap confidence interval.
 
     `prompt_sets` is one prompt set, a list of them, or a mapping name → prompts.
-    `skip_options` go to `skip_effect_arrays` (reduction, n_positions, seed, ...).
+    `skip_options` go to `skip_effect_arrays` (reduction, n_positions, seed of the
+    future-mode positions, ...); `bootstrap_seed` seeds the resampling of prompts.
     """
     if statistic not in ("max", "mean"):
         raise ValueError(f"statistic must be 'max' or 'mean', got {statistic!r}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(bootstrap_seed)
     rows = []
     for name, prompts in _named_sets(prompt_sets):
         arrays = skip_effect_arrays(model, prompts, part=part, mode=mode, **skip_options)

@@ -26,7 +26,7 @@ averaged over all selected tokens of all prompts:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,8 +185,10 @@ class LensAccumulator:
         kl_direction: str = "lens||final",
         translate: Callable[[int, Tensor], Tensor] | None = None,
         lens: str = "logit",
+        layers: Sequence[int] | None = None,
     ) -> None:
         check_kl_direction(kl_direction)
+        self.layers = None if layers is None else set(layers)
         self.head, self.kl_direction, self.translate, self.lens = (
             head,
             kl_direction,
@@ -208,6 +210,8 @@ class LensAccumulator:
             chunk = slice(start, start + TOKEN_CHUNK)
             final = FinalDistribution.from_logits(final_logits[chunk])
             for layer, resid in enumerate(h):
+                if self.layers is not None and layer not in self.layers:
+                    continue
                 resid = resid[chunk]
                 if self.translate is not None:
                     resid = self.translate(layer, resid)

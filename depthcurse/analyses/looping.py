@@ -10,6 +10,8 @@ measures, for each r, the held-out next-token NLL against r = 1,
 
 and the value of any evaluation function `evaluate(model) -> float | dict`
 called inside the context, so task accuracies can be reported the same way.
+
+Like all layer-list surgery, looping acts on every position, position 0 included.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from depthcurse.analyses.engine import (
     batches_of,
@@ -175,11 +176,13 @@ def perturbations(
     seed: int = 0,
     batch_size: int = 8,
     exclude_pos0: bool = True,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Return Δ NLL, KL(p_clean ‖ p_perturbed) and top-1 agreement for each perturbation.
 
     One row per level × kind × position × metric, ready to pivot into a heatmap
-    of position against kind. `block_size` defaults to the growth-step width.
+    of position against kind. `block_size` defaults to the growth-step width;
+    `progress` shows a progress bar over perturbations on stderr.
     """
     n_layers = len(decoder_layers(model))
     if "block" in levels and block_size is None:
@@ -190,7 +193,7 @@ def perturbations(
     batches = batches_of(prompts, batch_size)
     clean_logits = [forward_logits(model, ids, mask) for ids, mask in batches]
     rows = []
-    for perturbation in orders:
+    for perturbation in tqdm(orders, desc="perturbations", disable=not progress):
         totals: dict[str, list[float]] = {}
         with layer_order(model, perturbation.order):
             for (ids, mask), clean in zip(batches, clean_logits, strict=True):

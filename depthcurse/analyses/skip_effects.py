@@ -45,6 +45,7 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from depthcurse.analyses.engine import (
     CleanRun,
@@ -329,11 +330,13 @@ def skip_effect_arrays(
     engine: str = "prefix",
     batch_size: int = 8,
     max_rows: int = 64,
+    progress: bool = True,
 ) -> SkipArrays:
     """Compute per-prompt skip effects (see the module docstring for the formulas).
 
     `position_grid` is (start, stride, margin) of the future-mode positions;
-    `max_rows` caps how many sequences one stacked layer forward holds.
+    `max_rows` caps how many sequences one stacked layer forward holds; `progress`
+    shows a progress bar over batches on stderr.
     """
     _check_choice("part", part, PARTS)
     _check_choice("mode", mode, MODES)
@@ -341,7 +344,9 @@ def skip_effect_arrays(
     _check_choice("engine", engine, ENGINES)
     rng = np.random.default_rng(seed)
     effects, outputs, forwards, n_layers = [], [], 0.0, 0
-    for tokens, attention_mask in batches_of(prompts, batch_size):
+    batches = batches_of(prompts, batch_size)
+    description = f"skip effects ({part}, {mode}{', local' if local else ''})"
+    for tokens, attention_mask in tqdm(batches, desc=description, disable=not progress):
         stack = LayerStack(model, tokens, attention_mask)
         n_layers = stack.n_layers
         skip, measure = _masks(attention_mask, mode, rng, n_positions, position_grid)
@@ -375,6 +380,7 @@ def skip_effects(
     engine: str = "prefix",
     batch_size: int = 8,
     max_rows: int = 64,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Return the skip-effect matrix and output effects as a tidy table.
 
@@ -398,6 +404,7 @@ def skip_effects(
             engine=engine,
             batch_size=batch_size,
             max_rows=max_rows,
+            progress=progress,
         )
         frames.append(skip_table(arrays, part=part))
     table = pd.concat(frames, ignore_index=True)

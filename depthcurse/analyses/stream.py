@@ -14,7 +14,7 @@ The returned `StreamStats` turns each analysis into its table.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +116,7 @@ def collect_stream(
     exclude_pos0: bool = True,
     kl_direction: str = "lens||final",
     tuned_lens: Any = None,
+    lens_layers: Sequence[int] | None = None,
     prepend_bos: bool | None = None,
     model_name: str | None = None,
     progress: bool = False,
@@ -125,7 +126,9 @@ def collect_stream(
     `model` is a hooked model from `depthcurse.load`. `prompts` is a
     `PromptSet`, a (batch, pos) token tensor or (ids, attention mask) with
     right padding. `analyses` is a subset of `ANALYSES`; passing a `TunedLens`
-    as `tuned_lens` adds the tuned-lens metrics. `prepend_bos` records, for raw
+    as `tuned_lens` adds the tuned-lens metrics. `lens_layers` restricts both
+    lenses to those read-out points (0..L, L the output), because unembedding
+    every token at every layer dominates the cost. `prepend_bos` records, for raw
     token batches, whether they start with BOS (a `PromptSet` states its own).
     """
     analyses = tuple(analyses)
@@ -133,6 +136,14 @@ def collect_stream(
     if unknown:
         raise ValueError(f"unknown analyses {unknown}; choose from {ANALYSES}")
     check_kl_direction(kl_direction)
+    n_layers = model.cfg.n_layers
+    if lens_layers is not None:
+        lens_layers = sorted(set(lens_layers))
+        if not lens_layers or lens_layers[0] < 0 or lens_layers[-1] > n_layers:
+            raise ValueError(
+                f"lens_layers={lens_layers} must be a non-empty subset of 0..{n_layers} "
+                f"(layer {n_layers} is the output)"
+            )
     if prepend_bos is None:
         prepend_bos = prompts_prepend_bos(prompts)
     conventions = Conventions.from_model(
@@ -155,16 +166,15 @@ def collect_stream(
     needs_head = "logit_lens" in analyses or tuned_lens is not None
     head = LensHead.from_model(model) if needs_head else None
     if "logit_lens" in analyses:
-        accumulators["logit_lens"] = LensAccumulator(head, kl_direction)
+        accumulators["logit_lens"] = LensAccumulator(head, kl_direction, layers=lens_layers)
     if tuned_lens is not None:
         tuned_lens.check_model(model)
         # NOTE: tests run on CPU only; moving the lens to the model's device is untested on GPU.
         tuned_lens.to(next(model.parameters()).device)
         accumulators["tuned_lens"] = LensAccumulator(
-            head, kl_direction, translate=tuned_lens.translate, lens="tuned"
+            head, kl_direction, translate=tuned_lens.translate, lens="tuned", layers=lens_layers
         )
 
-    n_layers = model.cfg.n_layers
     names = residual_hook_names(n_layers)
     stats = StreamStats(model, conventions, accumulators)
     batches = token_batches(prompts, batch_size)

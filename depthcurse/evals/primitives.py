@@ -401,9 +401,12 @@ def generate_all(
     or forms to use (default: all supported). Extra keyword arguments go to
     `generate`.
     """
-    tasks = list(TASKS) if tasks is None else list(tasks)
-    if isinstance(tasks, str):
+    if tasks is None:
+        tasks = list(TASKS)
+    elif isinstance(tasks, str):
         tasks = [tasks]
+    else:
+        tasks = list(tasks)
     for key, mapping in (("levels", levels or {}), ("forms", forms or {})):
         for task in mapping:
             if task not in tasks:
