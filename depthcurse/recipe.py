@@ -73,7 +73,7 @@ class StudyRecipe:
 
     def train_config(self, variant: str, seed: int) -> Any:
         """Return the TrainConfig of one run: shared settings, variant overrides, seed."""
-        from depthcurse.train import TrainConfig
+        from depthcurse.train_config import TrainConfig
 
         if variant not in self.variants:
             raise ConfigError(f"unknown variant {variant!r}; the recipe has {', '.join(self.variants)}")

@@ -6,7 +6,7 @@ import pytest
 
 from depthcurse.config import ConfigError
 from depthcurse.recipe import BUILTIN_VARIANTS, load_study_recipe, parse_recipe
-from depthcurse.train import build_config
+from depthcurse.train_config import build_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "analyses").glob("*.toml"))
