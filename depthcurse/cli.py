@@ -103,6 +103,51 @@ def train(
         typer.echo(f"done: step {result.step}, val_loss {result.val_loss:.4f}, run in {out}")
 
 
+@app.command()
+def reproduce(
+    recipe: Annotated[
+        Path, typer.Option(help="Study recipe (TOML) naming variants, seeds and analysis options.")
+    ] = Path("analyses/tiny.toml"),
+    out: Annotated[
+        Path, typer.Option("--out", help="Results folder: runs/, cache/, tables/, figures/, report.")
+    ] = Path("results/tiny"),
+    seeds: Annotated[
+        int | None, typer.Option(help="Use this many seeds per variant instead of the recipe's list.")
+    ] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    figures: Annotated[
+        bool, typer.Option("--figures/--no-figures", help="Draw the figures (PDF and PNG).")
+    ] = True,
+) -> None:
+    """Run the whole study: train every variant and seed, analyse them and the public model, report."""
+    from depthcurse.hardware import physical_cores
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, physical_cores())))
+
+    from depthcurse.checkpoint import CheckpointError
+    from depthcurse.config import ConfigError
+    from depthcurse.sources import LoadError
+    from depthcurse.study import reproduce as run_study
+    from depthcurse.train import TrainError
+
+    try:
+        result = run_study(
+            recipe, out, seeds=seeds, progress=progress, figures=figures, echo=typer.echo
+        )
+    except (ConfigError, TrainError, CheckpointError, LoadError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=2) from None
+    finally:
+        import torch.distributed
+
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if result is None:  # a torchrun rank other than 0: it only trained
+        return
+    total = sum(result.timings.values())
+    typer.echo(f"done in {total / 60:.1f} min: {result.report}")
+
+
 def main() -> None:
     app()
 
