@@ -32,8 +32,8 @@ def model_hash(source: str | Path) -> str:
     """Return a SHA-256 over a model source's weight and config files.
 
     A folder hashes its weight files (`*.safetensors`, `*.gguf`, `*.bin`) and
-    its `config.json`; a file hashes its bytes; a bundled model name such as
-    `smollm2-135m` hashes its name.
+    its `config.json`. A file hashes its bytes, and a bundled model name such
+    as `smollm2-135m` hashes its name.
     """
     path = Path(source)
     if not path.exists():
@@ -43,7 +43,7 @@ def model_hash(source: str | Path) -> str:
     digest = hashlib.sha256()
     files = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES or p.name == "config.json")
     if not files:
-        raise FileNotFoundError(f"{path} holds no weight files (*.safetensors, *.gguf, *.bin) to hash")
+        raise FileNotFoundError(f"{path} contains no weight files (*.safetensors, *.gguf, *.bin) to hash")
     for file in files:
         digest.update(file.name.encode())
         digest.update(file_sha256(file).encode())

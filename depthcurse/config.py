@@ -34,7 +34,7 @@ class ModelConfig:
     d_mlp: int = 384
     """Hidden width of the SwiGLU MLP (Llama's intermediate_size)."""
     max_seq_len: int = 256
-    """Longest sequence the model is trained and exported for."""
+    """Maximum sequence length the model is trained and exported for."""
     rope_theta: float = 10000.0
     """Base of the rotary position embedding frequencies."""
     norm_eps: float = 1e-5
@@ -99,7 +99,7 @@ class ModelConfig:
 
 
 def check_keys(cls: type, values: dict[str, Any], what: str) -> None:
-    """Raise ConfigError if `values` holds a key that is not a field of `cls`."""
+    """Raise ConfigError if `values` contains a key that is not a field of `cls`."""
     known = {f.name for f in fields(cls)}
     for key in values:
         if key not in known:

@@ -10,8 +10,8 @@ of an existing layer:
   m = ceil(n/2) (1-based) and inserts the copy right after it.
 - ``lidas``: LIDAS (Kapl et al. 2025, arXiv 2512.08819) copies the b layers
   centred on the exact middle, [L/2 - b/2, L/2 + b/2), and inserts them at
-  position L/2. When n is odd the exact middle falls inside a block; the
-  ``lidas_odd`` option chooses between that centred window (``"center"``,
+  position L/2. When n is odd, the exact middle falls inside a block. The
+  ``lidas_odd`` option then chooses between that centred window (``"center"``,
   the default) and copying the whole middle block as MIDAS does (``"block"``).
 - ``none``: the baseline, trained at full depth; it never grows.
 
@@ -193,10 +193,10 @@ def stage_boundaries(lengths: list[int]) -> list[int]:
 def flops_per_token(cfg: ModelConfig, depth: int, seq_len: int) -> float:
     """Training FLOPs per token (forward + backward) of a depth-`depth` model.
 
-    6 FLOPs per parameter per token for the matrix multiplies (the layers and
-    the unembedding; an embedding lookup is free), plus 12 * depth * seq_len *
-    d_model for attention scores and their weighted sum, as in PaLM's
-    accounting (Chowdhery et al. 2022, appendix B).
+    This is the usual estimate, not a count of kernels. The matrix multiplies
+    of the layers and the unembedding cost 6 FLOPs per parameter per token,
+    while an embedding lookup is free. Attention scores and their weighted sum
+    add 12 * depth * seq_len * d_model.
     """
     per_layer = cfg.replace(n_layers=1).param_count(include_embeddings=False) - cfg.d_model
     unembed = cfg.vocab_size * cfg.d_model

@@ -385,5 +385,5 @@ def load_tables(folder: str | Path) -> dict[str, pd.DataFrame]:
         raise FileNotFoundError(f"table folder {folder} does not exist; run the analyses first")
     tables = {path.stem: pd.read_parquet(path) for path in sorted(folder.glob("*.parquet"))}
     if not tables:
-        raise FileNotFoundError(f"{folder} holds no .parquet tables; run the analyses first")
+        raise FileNotFoundError(f"{folder} contains no .parquet tables; run the analyses first")
     return tables
