@@ -395,8 +395,9 @@ def test_held_out_loss_beats_unigram_on_default_corpus(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_and_resume_bit_identical(corpus, tmp_path):
+    total = 240
     args = [sys.executable, "-m", "depthcurse", "train", "--growth", "lidas", "--ln-scaling",
-            "--max-steps", "60", *small_args(corpus),
+            "--max-steps", str(total), *small_args(corpus),
             "--set", "deterministic=true", "--set", "checkpoint_interval=3",
             "--set", "eval_interval=30"]
     env = cli_env()
@@ -404,23 +405,30 @@ def test_sigkill_and_resume_bit_identical(corpus, tmp_path):
                    capture_output=True)
 
     killed = tmp_path / "killed"
+    # Kill at a random point: once a randomly chosen checkpoint exists, after a
+    # random few milliseconds, which may land inside a step or a checkpoint write.
+    # Waiting for progress rather than wall time keeps the kill before the end of
+    # the run on a fast, idle machine as well as on a loaded one.
+    target = random.randrange(6, total - 40)
     process = subprocess.Popen([*args, "--out", str(killed)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # Kill at a random moment after the first checkpoint and before the end.
-    deadline = time.monotonic() + 60
-    while latest_checkpoint(killed) is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(random.uniform(0.0, 1.0))
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        latest = latest_checkpoint(killed)
+        if latest is not None and int(latest.name.split("-")[1]) >= target:
+            break
+        time.sleep(0.005)
+    time.sleep(random.uniform(0.0, 0.02))
     process.send_signal(signal.SIGKILL)
     process.wait()
     step = int(latest_checkpoint(killed).name.split("-")[1])
-    assert step < 60, "the run finished before it was killed; the test needs a longer run"
+    assert step < total, f"the run reached step {total} before the kill (target {target})"
 
     resumed = subprocess.run([*args, "--out", str(killed), "--resume"], env=env,
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {latest_checkpoint(killed).parent}" in resumed.stdout
-    final = "checkpoints/step-000060"
+    final = f"checkpoints/step-{total:06d}"
     whole = load_file(tmp_path / "whole" / final / "model.safetensors")
     again = load_file(killed / final / "model.safetensors")
     assert whole.keys() == again.keys()
