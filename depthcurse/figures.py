@@ -144,7 +144,9 @@ def _registry() -> tuple[FigureSpec, ...]:
         ),
         FigureSpec(
             "contributions", "contributions", stream.plot_contributions,
-            overlay=_curves(shares, "Relative contribution to the residual stream"),
+            # Log scale: layer 0 often writes tens of times the embedding's norm, which
+            # flattens every later layer on a linear axis.
+            overlay=_curves(shares, "Relative contribution to the residual stream", log_scale=True),
             stages=_stage_curves(shares),
         ),
         FigureSpec(

@@ -72,7 +72,7 @@ def plot_residual_norms(table: pd.DataFrame, statistic: str = "mean") -> Figure:
 
 
 def plot_contributions(table: pd.DataFrame, statistic: str = "mean") -> Figure:
-    """Plot the relative contributions ‖a‖/‖h‖, ‖m‖/‖h+a‖, ‖a+m‖/‖h‖ against layer."""
+    """Plot the relative contributions ‖a‖/‖h‖, ‖m‖/‖h+a‖, ‖a+m‖/‖h‖ against layer on a log scale."""
     _require(table, "contributions")
     return _lines_by_layer(
         table,
@@ -80,7 +80,7 @@ def plot_contributions(table: pd.DataFrame, statistic: str = "mean") -> Figure:
         statistic,
         f"{statistic} relative contribution",
         "Relative contribution to the residual stream",
-        log=False,
+        log=True,
     )
 
 
