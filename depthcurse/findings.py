@@ -140,6 +140,13 @@ def curse_of_depth(
         "Does the second half of the layers contribute less than the first half "
         "(mean ‖a_l+m_l‖/‖h_l‖, ratio < 1)?"
     )
+    caution = {
+        "all": (
+            " Over all layers, layer 0 dominates the first half: in small models it writes up to a"
+            " hundred times its input's norm, so read the layer-0-excluded finding for later layers."
+        ),
+        "excluding_layer_0": "",
+    }
     findings = []
     for layers, where in (("all", "all layers"), ("excluding_layer_0", "layer 0 excluded")):
         ratios = half_ratios(tables, models, layers)
@@ -161,7 +168,7 @@ def curse_of_depth(
                     diff = _est(diffs)
                     text += f" Difference to {baseline}, paired by seed: {_fmt(diff)}; {spread(diffs)}."
             findings.append(
-                Finding(f"curse_of_depth/{layers}", question, f"{name}, {where}",
+                Finding(f"curse_of_depth/{layers}", question + caution[layers], f"{name}, {where}",
                         verdict(est, 1.0, "below"), text, est, values)
             )
     return findings
@@ -278,7 +285,7 @@ def periodicity_findings(
 
 
 def _periods(values: pd.Series) -> str:
-    return "[" + ", ".join("none" if math.isnan(v) else f"{v:g}" for v in values) + "]"
+    return "[" + ", ".join("no period" if math.isnan(v) else f"{v:g}" for v in values) + "]"
 
 
 # ---------------------------------------------------------------------------

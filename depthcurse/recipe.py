@@ -273,10 +273,18 @@ def _public(table: dict[str, Any]) -> PublicModel | None:
 def load_study_recipe(path: str | Path) -> StudyRecipe:
     """Read and validate a study recipe file (see the module docstring for its format)."""
     path = Path(path)
+    # A relative path that is missing here may name a shipped recipe: look in the
+    # repository that holds this package (an editable or source install).
+    repository = Path(__file__).resolve().parent.parent
+    if not path.is_file() and not path.is_absolute() and (repository / path).is_file():
+        path = repository / path
     try:
         values = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"recipe file {path} not found; shipped recipes are in analyses/") from None
+        raise ConfigError(
+            f"recipe file {path} not found in the current folder or in {repository}; "
+            f"pass --recipe with the path of a study recipe (shipped ones are in {repository / 'analyses'})"
+        ) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"recipe file {path} is not valid TOML: {err}") from err
     try:
