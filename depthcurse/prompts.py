@@ -194,7 +194,7 @@ def validation_prompts(
         prompts += [w[round_index] for w in windows if round_index < len(w)]
     if len(prompts) < n_prompts:
         raise ValueError(
-            f"the validation split holds only {len(prompts)} windows of {n_tokens} tokens, "
+            f"the validation split contains only {len(prompts)} windows of {n_tokens} tokens, "
             f"fewer than n_prompts={n_prompts}; ask for fewer or shorter prompts"
         )
     return PromptSet(

@@ -274,7 +274,7 @@ def load_study_recipe(path: str | Path) -> StudyRecipe:
     """Read and validate a study recipe file (see the module docstring for its format)."""
     path = Path(path)
     # A relative path that is missing here may name a shipped recipe: look in the
-    # repository that holds this package (an editable or source install).
+    # repository that contains this package (an editable or source install).
     repository = Path(__file__).resolve().parent.parent
     if not path.is_file() and not path.is_absolute() and (repository / path).is_file():
         path = repository / path

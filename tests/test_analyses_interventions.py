@@ -274,7 +274,9 @@ def test_identity_permutation_is_noop(bridge, prompts):
         assert torch.equal(_logits(bridge, prompts), reference)
     table = perturbations(bridge, prompts, levels=("layer",), kinds=("identity",))
     values = table.set_index("metric")["value"]
-    assert values["delta_nll"] == 0 and values["kl"] == 0 and values["top1_agreement"] == 1
+    assert values["delta_nll"] == 0
+    assert values["kl"] == 0
+    assert values["top1_agreement"] == 1
 
 
 def test_repeated_layers_are_deep_copies(bridge):
@@ -283,7 +285,8 @@ def test_repeated_layers_are_deep_copies(bridge):
         first, copy = model.blocks[2], model.blocks[4]
         assert first is not copy
         for a, b in zip(first.parameters(), copy.parameters(), strict=True):
-            assert a is not b and torch.equal(a, b)
+            assert a is not b
+            assert torch.equal(a, b)
 
 
 # --- perturbations ----------------------------------------------------------------------

@@ -48,7 +48,7 @@ class ContributionAccumulator:
         self.acc = Accumulator()
 
     def update(self, h: list[Tensor], a: list[Tensor], m: list[Tensor]) -> None:
-        """Add one batch; each list holds (tokens, d_model) float32 tensors per layer."""
+        """Add one batch; each list contains (tokens, d_model) float32 tensors per layer."""
         for layer, (resid, attn, mlp) in enumerate(zip(h[:-1], a, m, strict=True)):
             resid_norm = resid.norm(dim=-1).clamp_min(ZERO_NORM)
             mid_norm = (resid + attn).norm(dim=-1).clamp_min(ZERO_NORM)

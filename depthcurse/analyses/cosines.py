@@ -57,7 +57,7 @@ class CosineAccumulator:
         self.acc.add(metric, layer, values)
 
     def update(self, h: list[Tensor], a: list[Tensor], m: list[Tensor]) -> None:
-        """Add one batch; each list holds (tokens, d_model) float32 tensors per layer."""
+        """Add one batch; each list contains (tokens, d_model) float32 tensors per layer."""
         for layer, (resid, attn, mlp) in enumerate(zip(h[:-1], a, m, strict=True)):
             self._add("cos(a,h)", layer, token_cosine(attn, resid))
             self._add("cos(m,h+a)", layer, token_cosine(mlp, resid + attn))

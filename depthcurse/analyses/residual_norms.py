@@ -38,7 +38,7 @@ class NormAccumulator:
         self.acc = Accumulator()
 
     def update(self, h: list[Tensor], a: list[Tensor], m: list[Tensor]) -> None:
-        """Add one batch; each list holds (tokens, d_model) float32 tensors per layer."""
+        """Add one batch; each list contains (tokens, d_model) float32 tensors per layer."""
         for layer, resid in enumerate(h):
             self.acc.add("norm_h", layer, resid.norm(dim=-1))
         for layer, (attn, mlp) in enumerate(zip(a, m, strict=True)):

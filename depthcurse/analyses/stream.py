@@ -95,7 +95,7 @@ def residual_hook_names(n_layers: int) -> list[str]:
 def next_token_targets(
     ids: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
 ) -> Int[Tensor, "batch pos"]:
-    """The next real token at each position, or -1 where there is none."""
+    """Return the next real token at each position, or -1 where there is none."""
     targets = torch.full_like(ids, -1)
     has_next = mask[:, 1:].bool()
     targets[:, :-1] = torch.where(has_next, ids[:, 1:], targets[:, :-1])
@@ -103,7 +103,7 @@ def next_token_targets(
 
 
 def float_tokens(cache: Any, name: str, keep: Tensor) -> Tensor:
-    """The selected tokens of one cached activation as a (tokens, d_model) float32 tensor."""
+    """Return the selected tokens of one cached activation as a (tokens, d_model) float32 tensor."""
     return cache[name][keep].float()
 
 

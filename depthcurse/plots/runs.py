@@ -126,7 +126,12 @@ def _charged_rows(records: list[dict], per_token: Callable[[int], float]) -> lis
     tokens_per_step = steps[0]["tokens"] / steps[0]["step"] if steps else 0.0
     growths = [r for r in records if r.get("kind") == "growth"]
     trains = [r for r in records if r.get("kind") == "train"]
-    depth = int(growths[0]["depth_before"]) if growths else int(trains[0]["depth"]) if trains else 0
+    if growths:
+        depth = int(growths[0]["depth_before"])
+    elif trains:
+        depth = int(trains[0]["depth"])
+    else:
+        depth = 0
     rows, flops, trained = [], 0.0, 0.0
     for record in records:
         kind = record.get("kind")
