@@ -193,6 +193,44 @@ def test_lens_recomputes_norm(trained_model, trained_folder, prompts, stats):
     assert abs(entropy(head(h0, scale=final_scale)) - entropy_layer0) > 0.1
 
 
+@pytest.mark.parametrize("kl_direction", ["lens||final", "final||lens"])
+@pytest.mark.parametrize("spread", [1.0, 10.0, 60.0])
+def test_lens_metrics_match_float64_reference(kl_direction, spread):
+    from depthcurse.analyses.logit_lens import lens_metrics
+
+    generator = torch.Generator().manual_seed(0)
+    lens_logits = spread * torch.randn(16, 3000, generator=generator)
+    final_logits = 3.0 * torch.randn(16, 3000, generator=generator)
+    targets = torch.randint(0, 3000, (16,), generator=generator)
+    targets[3] = -1  # no next token
+    got = lens_metrics(lens_logits, final_logits, targets, kl_direction)
+
+    # Reference: float64 log-softmax, every formula written out directly.
+    lens_logp = torch.log_softmax(lens_logits.double(), -1)
+    final_logp = torch.log_softmax(final_logits.double(), -1)
+    if kl_direction == "lens||final":
+        kl = (lens_logp.exp() * (lens_logp - final_logp)).sum(-1)
+    else:
+        kl = (final_logp.exp() * (final_logp - lens_logp)).sum(-1)
+    entropy = -(lens_logp.exp() * lens_logp).sum(-1)
+    loss = -lens_logp.gather(-1, targets.clamp_min(0)[:, None])[:, 0]
+    # With spread 60 the logits span about +-250 and many probabilities are
+    # below float32's normal range; float32 sums of such terms agree to ~1e-4.
+    tolerance = 1e-4 * max(1.0, spread / 10)
+    torch.testing.assert_close(got["kl"].double(), kl, atol=tolerance, rtol=1e-5)
+    torch.testing.assert_close(got["entropy"].double(), entropy, atol=tolerance, rtol=1e-5)
+    keep = targets >= 0
+    torch.testing.assert_close(got["loss"][keep].double(), loss[keep], atol=tolerance, rtol=1e-5)
+    assert torch.isnan(got["loss"][3]) and torch.isnan(got["accuracy"][3])
+    top1 = lens_logits.argmax(-1)
+    assert torch.equal(got["top1_agreement"].bool(), top1 == final_logits.argmax(-1))
+    overlap = [
+        len(set(a.tolist()) & set(b.tolist())) / 5
+        for a, b in zip(lens_logits.topk(5).indices, final_logits.topk(5).indices, strict=True)
+    ]
+    assert got["top5_overlap"].tolist() == pytest.approx(overlap)
+
+
 def test_lens_accuracy_and_loss(trained_model, prompts, stats):
     table = stats.logit_lens()
     last = CONFIG.n_layers
@@ -421,6 +459,28 @@ def test_tuned_lens_output_needs_no_translator(trained_model):
     torch.testing.assert_close(lens.translate(0, h), h)
 
 
+def test_soft_target_kl_matches_autograd(trained_model):
+    from depthcurse.analyses.tuned_lens import soft_target_kl
+
+    head = LensHead.from_model(trained_model)
+    generator = torch.Generator().manual_seed(0)
+    h = (3.0 * torch.randn(12, CONFIG.d_model, generator=generator)).requires_grad_()
+    final_logits = 2.0 * torch.randn(12, CONFIG.vocab_size, generator=generator)
+    final_logp = torch.log_softmax(final_logits, -1)
+    final_p = final_logp.exp()
+    got = soft_target_kl(head, h, final_p, (final_p * final_logp).sum(-1))
+    (grad_got,) = torch.autograd.grad(got, h)
+
+    # Reference: autograd through log_softmax and the KL sum, in float64.
+    h64 = h.detach().double().requires_grad_()
+    normed = h64 * torch.rsqrt(h64.pow(2).mean(-1, keepdim=True) + head.eps)
+    lens_logp = torch.log_softmax((normed * head.norm_weight.double()) @ head.unembed_weight.double().T, -1)
+    expected = (final_p.double() * (final_logp.double() - lens_logp)).sum(-1).mean()
+    (grad_expected,) = torch.autograd.grad(expected, h64)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(grad_got.double(), grad_expected, rtol=1e-4, atol=1e-7)
+
+
 @pytest.fixture(scope="session")
 def trained_lens(trained_model, trained_folder, held_out):
     torch.manual_seed(0)
@@ -437,6 +497,24 @@ def test_tuned_lens_lowers_held_out_kl(trained_model, trained_lens, prompts):
         assert value(tuned, "kl", layer) < value(logit, "kl", layer), f"layer {layer}"
     last = CONFIG.n_layers
     assert value(tuned, "kl", last) == pytest.approx(value(logit, "kl", last), abs=1e-9)
+
+
+def test_least_squares_start_beats_zero_start(trained_model, held_out, prompts):
+    # With no KL steps, the least-squares start is the linear shortcut; on
+    # held-out prompts its KL must be below the logit lens's at every layer.
+    fitted = train_tuned_lens(trained_model, held_out, steps=0, save=False)
+    zero = train_tuned_lens(trained_model, held_out, steps=0, init="zero", save=False)
+    assert fitted.metadata["init"] == "least_squares"
+    for translator in zero.translators:
+        assert not translator.weight.any() and not translator.bias.any()
+    fitted_table = tuned_lens(trained_model, prompts, lens=fitted, kl_direction="final||lens")
+    zero_table = tuned_lens(trained_model, prompts, lens=zero, kl_direction="final||lens")
+    logit = logit_lens(trained_model, prompts, kl_direction="final||lens")
+    for layer in range(CONFIG.n_layers):
+        assert value(zero_table, "kl", layer) == pytest.approx(value(logit, "kl", layer), rel=1e-5)
+        assert value(fitted_table, "kl", layer) < value(logit, "kl", layer), f"layer {layer}"
+    with pytest.raises(ValueError, match="init='identity'"):
+        train_tuned_lens(trained_model, held_out, steps=0, init="identity", save=False)
 
 
 def test_tuned_lens_saved_in_checkpoint(trained_model, trained_folder, trained_lens, prompts):

@@ -63,6 +63,24 @@ def residual_streams(
     return [torch.cat(chunks) for chunks in per_layer]
 
 
+def ridge_fit(
+    x: Float[Tensor, "tokens d_in"], y: Float[Tensor, "tokens d_out"], ridge: float = 1e-3
+) -> tuple[Float[Tensor, "d_in d_out"], Float[Tensor, " d_out"]]:
+    """Return (weight, bias) of the ridge fit y ≈ x @ weight + bias, solved in float64.
+
+    The bias is not penalised; the penalty is ridge · tr(X_cᵀ X_c) / d_in with
+    X_c the centred inputs (floored at 1e-12 so constant inputs still solve).
+    """
+    x, y = x.double(), y.double()
+    x_mean, y_mean = x.mean(0), y.mean(0)
+    centred = x - x_mean
+    gram = centred.T @ centred
+    penalty = max(ridge * float(torch.trace(gram)) / gram.shape[0], 1e-12)
+    gram = gram + penalty * torch.eye(gram.shape[0], dtype=gram.dtype)
+    weight = torch.linalg.solve(gram, centred.T @ (y - y_mean))
+    return weight, y_mean - x_mean @ weight
+
+
 def fit_linear_maps(
     sources: Sequence[Tensor],
     targets: Sequence[Tensor],
@@ -86,19 +104,12 @@ def fit_linear_maps(
     y_all = torch.cat([t.double() for t in targets], dim=1)
     widths = [t.shape[1] for t in targets]
     y_train = y_all[train]
-    y_mean = y_train.mean(0)
 
     errors = np.zeros((len(sources), len(targets)))
     for i, source in enumerate(sources):
         x = source.double()
-        x_mean = x[train].mean(0)
-        x_train = x[train] - x_mean
-        gram = x_train.T @ x_train
-        penalty = ridge * torch.trace(gram) / gram.shape[0]
-        gram = gram + penalty * torch.eye(gram.shape[0], dtype=gram.dtype)
-        weight = torch.linalg.solve(gram, x_train.T @ (y_train - y_mean))
-
-        prediction = (x[held_out] - x_mean) @ weight + y_mean
+        weight, bias = ridge_fit(x[train], y_train, ridge)
+        prediction = x[held_out] @ weight + bias
         for j, (pred, true) in enumerate(
             zip(prediction.split(widths, dim=1), y_all[held_out].split(widths, dim=1), strict=True)
         ):

@@ -5,8 +5,11 @@ layer l (l = 0..L-1) is
 
     tuned_l = unembed(final_norm(h_l + A_l h_l + b_l))
 
-with A_l (d_model x d_model) and b_l zero-initialised, so an untrained tuned
-lens is the logit lens. The translators are trained jointly to minimise the
+with A_l (d_model x d_model) and b_l. A new `TunedLens` has them at zero, so
+it is the logit lens. `train_tuned_lens` starts them by default at the ridge
+least-squares map from h_l to h_L (the linear shortcut of Yom Din et al. 2023,
+arXiv 2303.09435), which brings the KL most of the way down at the cost of a
+few matrix solves, and then trains them jointly to minimise the
 token mean over layers of KL(p_final || p_lens), in nats, on held-out text
 (text the model was not trained on), where p_final comes from the final
 residual h_L through the same float32 head. The output h_L needs no
@@ -35,7 +38,7 @@ from torch import Tensor, nn
 from tqdm.auto import trange
 
 from depthcurse.analyses.common import selected_tokens, token_batches
-from depthcurse.analyses.logit_lens import LensHead
+from depthcurse.analyses.logit_lens import EXP_FLOOR, LensHead, row_dot
 
 TUNED_LENS_FILE = "tuned_lens.safetensors"
 
@@ -129,6 +132,70 @@ def collect_residuals(
     return torch.cat(chunks)
 
 
+class _SoftTargetKL(torch.autograd.Function):
+    """Token mean of KL(p_final || softmax(x W^T + b)), with a hand-written backward.
+
+    The gradient with respect to the logits is (p_lens - p_final) / tokens, so
+    the backward pass needs only the lens probabilities, which the forward pass
+    leaves in its one (tokens, vocab) buffer. Autograd through log_softmax and
+    the KL sum keeps several such buffers per layer.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        final_p: Tensor,
+        final_neg_entropy: Tensor,
+    ) -> Tensor:
+        logits = x @ weight.T
+        if bias is not None:
+            logits += bias
+        peak = logits.amax(-1)
+        cross = row_dot(final_p, logits)
+        p = logits.sub_(peak[:, None]).clamp_min_(EXP_FLOOR).exp_()  # in place: exp(x - peak)
+        total = p.sum(-1)
+        p /= total[:, None]
+        kl = final_neg_entropy - cross + peak + total.log()
+        ctx.save_for_backward(p, final_p, weight)
+        return kl.mean()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        p, final_p, weight = ctx.saved_tensors
+        grad_logits = (p - final_p).mul_(grad / p.shape[0])
+        return grad_logits @ weight, None, None, None, None
+
+
+def soft_target_kl(
+    head: LensHead,
+    h: Float[Tensor, "tokens d_model"],
+    final_p: Float[Tensor, "tokens vocab"],
+    final_neg_entropy: Float[Tensor, " tokens"],
+) -> Tensor:
+    """Return the token mean of KL(p_final || p_lens) for the lens of `h`, differentiable in h."""
+    return _SoftTargetKL.apply(
+        head.normalize(h), head.unembed_weight, head.unembed_bias, final_p, final_neg_entropy
+    )
+
+
+@torch.no_grad()
+def least_squares_init(
+    lens: TunedLens, residuals: Float[Tensor, "tokens layers_plus_one d_model"], ridge: float = 1e-3
+) -> None:
+    """Set each translator so that h_l + A_l h_l + b_l is the ridge fit of h_L from h_l."""
+    from depthcurse.analyses.linear_map import ridge_fit
+
+    identity = torch.eye(lens.d_model, dtype=torch.float64, device=residuals.device)
+    for layer, translator in enumerate(lens.translators):
+        weight, bias = ridge_fit(residuals[:, layer], residuals[:, -1], ridge)
+        # nn.Linear computes h @ A^T + b, and h + h @ A^T + b = h @ weight + bias.
+        translator.weight.copy_((weight - identity).T)
+        translator.bias.copy_(bias)
+
+
 def train_tuned_lens(
     model: Any,
     prompts: Any,
@@ -139,6 +206,7 @@ def train_tuned_lens(
     batch_size: int = 8,
     exclude_pos0: bool = True,
     seed: int = 0,
+    init: str = "least_squares",
     save: bool | str | Path = True,
     progress: bool = False,
 ) -> TunedLens:
@@ -146,7 +214,13 @@ def train_tuned_lens(
 
     Adam on the token mean over layers of KL(p_final || p_lens); each step
     draws `tokens_per_step` tokens at random from the residuals of `prompts`,
-    which are computed once. `save=True` writes the lens into the model's
+    which are computed once. `init="least_squares"` (the default) starts each
+    translator at the ridge least-squares map from h_l to h_L on those
+    residuals, the linear shortcut of Yom Din et al. 2023 (arXiv 2303.09435);
+    `init="zero"` starts at the identity, as Belrose et al. 2023 do. On
+    smollm2-135m the least-squares start alone gave a held-out KL of 1.8 nats
+    (mean over layers), where the zero start needed far more than 10 steps of
+    64 tokens to get below 10; each step costs two unembeddings per layer. `save=True` writes the lens into the model's
     checkpoint folder, unless the model was not loaded from a folder. A path
     writes it to that path, and False keeps it in memory only.
     """
@@ -154,6 +228,8 @@ def train_tuned_lens(
         raise ValueError(
             f"steps ({steps}) must be >= 0 and tokens_per_step ({tokens_per_step}) > 0"
         )
+    if init not in ("least_squares", "zero"):
+        raise ValueError(f"init={init!r} is not one of 'least_squares', 'zero'")
     head = LensHead.from_model(model)
     residuals = collect_residuals(model, prompts, batch_size=batch_size, exclude_pos0=exclude_pos0)
     n_tokens, n_points, d_model = residuals.shape
@@ -162,6 +238,8 @@ def train_tuned_lens(
             "prompts have no selected tokens; give longer prompts or exclude_pos0=False"
         )
     lens = TunedLens(n_points - 1, d_model).to(residuals.device)
+    if init == "least_squares":
+        least_squares_init(lens, residuals)
     optimizer = torch.optim.Adam(lens.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     losses = []
@@ -172,20 +250,23 @@ def train_tuned_lens(
             final_logits = head(batch[:, -1])
             final_logp = torch.log_softmax(final_logits, dim=-1)
             final_p = torch.softmax(final_logits, dim=-1)
+            final_neg_entropy = row_dot(final_p, final_logp)
+            del final_logits, final_logp
         # The layers' translators are independent, so backpropagating each
         # layer's term on its own gives the gradient of the mean while holding
         # one layer's (tokens, vocab) buffers at a time.
         optimizer.zero_grad()
         loss = 0.0
         for layer in range(lens.n_layers):
-            lens_logp = torch.log_softmax(head(lens.translate(layer, batch[:, layer])), dim=-1)
-            layer_loss = (final_p * (final_logp - lens_logp)).sum(-1).mean() / lens.n_layers
-            layer_loss.backward()
-            loss += layer_loss.item()
+            translated = lens.translate(layer, batch[:, layer])
+            layer_loss = soft_target_kl(head, translated, final_p, final_neg_entropy)
+            (layer_loss / lens.n_layers).backward()
+            loss += layer_loss.item() / lens.n_layers
         optimizer.step()
         losses.append(loss)
     lens.metadata = {
         "objective": "mean over layers of KL(p_final || p_lens), nats",
+        "init": init,
         "steps": steps,
         "tokens_per_step": tokens_per_step,
         "lr": lr,
