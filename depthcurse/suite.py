@@ -52,8 +52,11 @@ class SuiteOptions:
     """Sublayers whose skip-effect matrices are computed."""
     skip_mode: str = "current"
     """Skip-effect mode: "current" or "future" (Csordás et al. 2025)."""
-    tuned_lens_steps: int = 100
-    """Optimizer steps for the tuned-lens translators, trained on other validation prompts."""
+    tuned_lens_steps: int = 20
+    """Optimizer steps for the tuned-lens translators, trained on other validation prompts
+    after a least-squares start (see `train_tuned_lens`), which does most of the fitting."""
+    tuned_lens_tokens: int = 128
+    """Tokens per tuned-lens step; each step costs two unembeddings per layer per token."""
     eval_n_per_level: int = 40
     """Generated reasoning-primitive instances per task and level."""
     eval_shots: int = 3
@@ -206,6 +209,7 @@ def _tuned_lens(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -
         model,
         train_prompts,
         steps=options.tuned_lens_steps,
+        tokens_per_step=options.tuned_lens_tokens,
         batch_size=options.batch_size,
         seed=options.seed,
         save=False,
