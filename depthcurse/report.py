@@ -18,16 +18,18 @@ SECTION_TITLES = {
     "periodicity": "Periodicity of attention contributions",
     "block_vs_layer_swaps": "Block swaps against layer swaps",
     "block_swaps_vs_baseline": "Block swaps against the baseline",
-    "loss_vs_compute": "Held-out loss against training compute",
+    "loss_vs_compute": "Held-out loss at the end of training and at equal compute",
 }
 
 VERDICT_NOTE = (
     "Intervals are 95% Student-t intervals over training seeds (n = number of seeds); a "
-    "difference is paired by seed. A finding is *supported* when its interval lies on the side "
-    "the question asks about, *not supported* when it lies on the other side, and *inconclusive* "
-    "when it contains the reference value (1 for ratios, 0 for differences). With 2 seeds the "
-    "t interval is wide (12.7 standard errors each side), so most differences will read as "
-    "inconclusive unless they are large and consistent."
+    "difference is paired by seed. Ratios are averaged as geometric means, with the t interval "
+    "computed for their logarithms, so the interval stays above 0. A finding is *supported* "
+    "when its interval lies on the side the question asks about, *not supported* when it lies "
+    "on the other side, and *inconclusive* when it contains the reference value (1 for ratios, "
+    "0 for differences). A finding that compares two ways names the comparison in its verdict. "
+    "With 2 seeds the t interval is wide (12.7 standard errors each side), so most differences "
+    "will read as inconclusive unless they are large and consistent."
 )
 
 

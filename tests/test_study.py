@@ -113,10 +113,14 @@ def test_reproduce_micro_recipe_end_to_end(tmp_path):
     allowed = ("supported", "not supported", "inconclusive", "partly supported")
     for text in findings["verdict"]:
         assert text.startswith(allowed), text
-    # Each finding's number is the mean of its per-seed values.
+    # Each finding's number is the mean of its per-seed values (geometric for ratios).
     for row in findings.itertuples():
         values = [float(v) for v in row.per_seed.split(", ")]
-        assert math.isclose(row.value, sum(values) / len(values), rel_tol=1e-3)
+        if row.finding.startswith("curse_of_depth"):
+            expected = math.exp(sum(math.log(v) for v in values) / len(values))
+        else:
+            expected = sum(values) / len(values)
+        assert math.isclose(row.value, expected, rel_tol=1e-3)
 
     report = (out / "report.md").read_text()
     assert "## Findings" in report
@@ -246,7 +250,10 @@ def test_curse_of_depth_ratio_hand_computed():
     by_key = {f.key: f for f in findings}
     # All layers: (0.5 + 0.5) / (4 + 1) = 0.2 and 0.5 / 5 = 0.1.
     assert by_key["curse_of_depth/all"].per_seed == pytest.approx([0.2, 0.1])
-    assert by_key["curse_of_depth/all"].verdict == "supported"
+    # The seeds differ by a factor of 2, so on the log scale the 2-seed t interval
+    # (12.7 standard errors each side) reaches above 1.
+    assert by_key["curse_of_depth/all"].estimate.value == pytest.approx(math.sqrt(0.02))
+    assert by_key["curse_of_depth/all"].verdict == "inconclusive"
     # Layer 0 excluded: layers 1..3 split into [1] and [3]: 0.5 and 0.25.
     assert by_key["curse_of_depth/excluding_layer_0"].per_seed == pytest.approx([0.5, 0.25])
 
@@ -261,8 +268,73 @@ def test_loss_vs_compute_paired_by_seed():
                 rows.append({"variant": variant, "seed": seed, "kind": "eval", "step": step,
                              "loss": loss + (10 - step) * 0.1, "compute_fraction": fraction * share})
     curves = pd.DataFrame(rows)
-    [finding] = compute_findings(curves, "none", ["midas"])
+    end, same = compute_findings(curves, "none", ["midas"])
     # The same 0.1 gain in both seeds: a zero-width interval below 0.
-    assert finding.per_seed == pytest.approx([-0.1, -0.1])
-    assert finding.verdict == "supported"
-    assert "0.600 of the baseline's training FLOPs" in finding.statement
+    assert end.per_seed == pytest.approx([-0.1, -0.1])
+    assert end.verdict == "supported at end of training (lower loss)"
+    assert "0.600 of the baseline's training FLOPs" in end.statement
+    # At 0.6 of its compute the baseline is interpolated between steps 5 and 10.
+    assert same.subject == "midas, equal compute"
+    assert same.per_seed == pytest.approx([-0.5, -0.5])
+
+
+def _eval_curves(points: dict[str, list[list[tuple[float, float]]]]) -> pd.DataFrame:
+    """Build eval rows from {variant: per seed [(compute fraction, loss), ...]}."""
+    rows = []
+    for variant, seeds in points.items():
+        for seed, curve in enumerate(seeds):
+            for step, (fraction, loss) in enumerate(curve, start=1):
+                rows.append({"variant": variant, "seed": seed, "kind": "eval", "step": step,
+                             "loss": loss, "compute_fraction": fraction})
+    return pd.DataFrame(rows)
+
+
+def test_loss_verdicts_follow_their_intervals():
+    from depthcurse.findings import compute_findings
+
+    # End of training: differences -0.15 and +0.05, an interval around 0. At equal compute
+    # (0.5 of the baseline's FLOPs) the baseline is at 5.5 and 5.91: differences -0.65
+    # and -0.66, an interval far below 0.
+    curves = _eval_curves({
+        "none": [[(0.5, 5.5), (1.0, 5.0)], [(0.5, 5.91), (1.0, 5.2)]],
+        "midas": [[(0.25, 6.0), (0.5, 4.85)], [(0.25, 6.1), (0.5, 5.25)]],
+    })
+    end, same = compute_findings(curves, "none", ["midas"])
+
+    assert end.per_seed == pytest.approx([-0.15, 0.05])
+    assert end.estimate.low < 0 < end.estimate.high
+    assert end.verdict == "inconclusive at end of training (the interval contains 0)"
+    assert same.per_seed == pytest.approx([-0.65, -0.66])
+    assert same.estimate.high < 0
+    assert same.verdict == "supported at equal compute (lower loss)"
+    # Each statement prints only the interval its verdict reads.
+    assert _fmt_interval(same.estimate) in same.statement
+    assert _fmt_interval(same.estimate) not in end.statement
+    assert _fmt_interval(end.estimate) in end.statement
+
+
+def _fmt_interval(estimate: Estimate) -> str:
+    return f"[{estimate.low:.3g}, {estimate.high:.3g}]"
+
+
+def test_ratio_interval_stays_positive():
+    from depthcurse.findings import curse_of_depth
+
+    models = synthetic_models(["none-seed0", "none-seed1"])
+    # Second half / first half: 0.4 / 2 = 0.2 and 3 / 2 = 1.5.
+    per_model = {"none-seed0": [1.0, 1.0, 0.2, 0.2], "none-seed1": [1.0, 1.0, 1.5, 1.5]}
+    rows = [
+        {"model": label, "layer": layer, "metric": "layer", "statistic": "mean", "value": value,
+         "step": 10}
+        for label, values in per_model.items()
+        for layer, value in enumerate(values)
+    ]
+    findings = curse_of_depth({"contributions": pd.DataFrame(rows)}, models, "none")
+    finding = next(f for f in findings if f.key == "curse_of_depth/all")
+
+    assert finding.per_seed == pytest.approx([0.2, 1.5])
+    assert mean_ci([0.2, 1.5]).low < 0, "the plain t interval of these ratios crosses 0"
+    assert finding.estimate.low > 0
+    assert finding.estimate.value == pytest.approx(math.sqrt(0.2 * 1.5))
+    assert finding.verdict == "inconclusive"
+    assert "geometric mean over seeds" in finding.statement
