@@ -95,8 +95,13 @@ def check_analyses(only: Iterable[str] | None) -> tuple[str, ...]:
 
 
 def model_label(model: Any) -> str:
+    """Return the model's label for the `model` column (see `depthcurse.sources.checkpoint_label`)."""
+    from depthcurse.sources import checkpoint_label
+
     info = getattr(model, "depthcurse_info", None)
-    return Path(info.source).name if info is not None else type(model).__name__
+    if info is None:
+        return type(model).__name__
+    return checkpoint_label(info.source)
 
 
 def suite_prompts(model: Any, options: SuiteOptions, *, offset: int = 0) -> Any:
