@@ -78,6 +78,7 @@ def train(
     from depthcurse.checkpoint import CheckpointError
     from depthcurse.config import ConfigError
     from depthcurse.growth import GrowthError
+    from depthcurse.suite import progress_bars
     from depthcurse.train import TrainError, build_config, saved_config
     from depthcurse.train import train as run_training
 
@@ -90,6 +91,7 @@ def train(
     try:
         base = saved_config(out) if resume else None
         cfg = build_config(base, recipe, set_, options)
+        cfg.progress = cfg.progress and progress_bars()
         result = run_training(cfg, out, resume=resume)
     except (ConfigError, GrowthError, TrainError, CheckpointError, OSError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)

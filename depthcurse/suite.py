@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,14 @@ class SuiteOptions:
         if "skip_parts" in values:
             values["skip_parts"] = tuple(values["skip_parts"])
         return cls(**values)
+
+
+def progress_bars() -> bool:
+    """Return whether to draw tqdm bars: only when stderr is a terminal.
+
+    Redirected to a file, each bar update would leave a carriage-return line in the log.
+    """
+    return sys.stderr.isatty()
 
 
 def check_analyses(only: Iterable[str] | None) -> tuple[str, ...]:
@@ -228,6 +237,7 @@ def _skip_effects(model: Any, prompts: Any, options: SuiteOptions, tables: dict)
         mode=options.skip_mode,
         batch_size=options.batch_size,
         seed=options.seed,
+        progress=progress_bars(),
     )
 
 
@@ -238,7 +248,8 @@ def _depth_score(model: Any, prompts: Any, options: SuiteOptions, tables: dict) 
     if options.depth_score_per_level:
         sets.update(_primitive_level_sets(model, options))
     return depth_score(
-        model, sets, part="layer", mode="future", seed=options.seed, batch_size=options.batch_size
+        model, sets, part="layer", mode="future", seed=options.seed, batch_size=options.batch_size,
+        progress=progress_bars(),
     )
 
 
@@ -288,6 +299,7 @@ def _perturbations(model: Any, prompts: Any, options: SuiteOptions, tables: dict
         block_size=block_size_for(model, options),
         seed=options.seed,
         batch_size=options.batch_size,
+        progress=progress_bars(),
     )
 
 

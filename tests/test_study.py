@@ -338,3 +338,47 @@ def test_ratio_interval_stays_positive():
     assert finding.estimate.value == pytest.approx(math.sqrt(0.2 * 1.5))
     assert finding.verdict == "inconclusive"
     assert "geometric mean over seeds" in finding.statement
+
+
+def test_suite_draws_no_bars_without_terminal(tiny_checkpoints, tiny_suite_options, capsys):
+    import depthcurse
+    from depthcurse.suite import run_suite
+
+    model = depthcurse.load(tiny_checkpoints["a"])
+    run_suite(model, only=["skip_effects", "perturbations"], options=tiny_suite_options)
+    # Under pytest stderr is a capture buffer, not a terminal, like a redirected log.
+    assert "\r" not in capsys.readouterr().err
+
+
+def test_public_progress_estimates_time_left(tiny_checkpoints, tiny_suite_options, tmp_path):
+    import depthcurse
+    from depthcurse.cache import model_hash
+    from depthcurse.study import SuiteProgress, _RecordingCache
+    from depthcurse.suite import run_suite
+
+    model = depthcurse.load(tiny_checkpoints["a"])
+    names = ("perturbations", "pruning", "symmetry")
+    cache = _RecordingCache(tmp_path / "cache")
+
+    def run() -> list[str]:
+        lines: list[str] = []
+        progress = SuiteProgress("public model", names, cache, lines.append)
+        run_suite(model, only=names, options=tiny_suite_options, cache=cache,
+                  model_digest=model_hash(tiny_checkpoints["a"]), progress=progress)
+        progress.finish()
+        return lines
+
+    lines = run()
+    assert lines[0].startswith("[public model] perturbations (")
+    assert lines[0].endswith(" s so far)")
+    estimates = [line for line in lines if line.endswith("min left (estimate)")]
+    # Perturbations weigh 3.2 of 3.5 cost units: 91% done after the first analysis.
+    assert estimates[0].startswith("[public model] 91% done; about ")
+    assert lines[-1] == "[public model] done"
+    assert cache.read == set()
+
+    # A rerun reads every table from the cache: nothing is timed, so nothing is estimated.
+    lines = run()
+    assert cache.read == set(names)
+    assert not any("min left" in line for line in lines)
+    assert lines[-1] == "[public model] done"
