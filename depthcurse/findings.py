@@ -25,6 +25,14 @@ from depthcurse.stats import Estimate, mean_ci, ratio_ci
 
 PUBLIC_VARIANT = "public"
 
+DEPTH_SCORE_DEFINITION = (
+    "The depth score (Csordás et al. 2025, arXiv 2505.13898) is the centre of mass of the "
+    "layer-skip effects over the skipped layer s: score = Σ_s s·e_s / Σ_s e_s, where e_s is "
+    "the mean relative change that skipping layer s causes in the later layers j > s (0-based "
+    "layers). From layer effects it runs from 0 to L − 2 for L layers. A higher score means "
+    "that skipping late layers changes more, so the model uses its depth more."
+)
+
 
 @dataclass
 class Finding:
@@ -204,10 +212,14 @@ def depth_scores(tables: dict[str, pd.DataFrame], models: pd.DataFrame) -> dict[
 def depth_score_findings(
     tables: dict[str, pd.DataFrame], models: pd.DataFrame, baseline: str, grown: list[str]
 ) -> list[Finding]:
-    question = "Is the grown models' depth score higher than the baseline's?"
     scores = depth_scores(tables, models)
     if baseline not in scores:
         return []
+    n_layers = int(_runs(models, baseline)["n_layers"].iloc[0])
+    question = (
+        f"Is the grown models' depth score higher than the baseline's? {DEPTH_SCORE_DEFINITION} "
+        f"The runs have L = {n_layers} layers, so their scores run from 0 to {n_layers - 2}."
+    )
     base = scores[baseline]
     base_est = _est(list(base.values()))
     findings = []
@@ -226,10 +238,12 @@ def depth_score_findings(
         )
     if PUBLIC_VARIANT in scores:
         value = next(iter(scores[PUBLIC_VARIANT].values()))
-        label = models[models["variant"] == PUBLIC_VARIANT]["label"].iloc[0]
+        public = models[models["variant"] == PUBLIC_VARIANT].iloc[0]
+        label, top = public["label"], int(public["n_layers"]) - 2
         findings.append(
             Finding("depth_score", "Depth score of the public model (for reference)", label,
-                    "reference value", f"{label}: depth score {value:.3g} (one model).",
+                    "reference value",
+                    f"{label}: depth score {value:.3g} on a scale of 0 to {top} (one model).",
                     _est([value]), [value])
         )
     return findings

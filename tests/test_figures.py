@@ -336,3 +336,17 @@ def test_short_labels_drop_shared_parts():
     assert short_labels(names) == ["attn", "mlp"]
     assert short_labels(["x | mean | attn"]) == ["attn"]
     assert short_labels(["a | attn", "b | attn"]) == ["a", "b"]
+
+
+def test_figure_descriptions_cover_registry():
+    from depthcurse.figures import _registry, describe_figure
+
+    for spec in _registry():
+        assert spec.heading, spec.name
+        assert spec.caption, spec.name
+        assert describe_figure(spec.name).caption == spec.caption
+    staged = describe_figure("lens-over-stage-midas-seed0")
+    assert staged.heading == "Logit and tuned lens"
+    assert staged.caption.startswith("midas-seed0, one line per checkpoint stage. ")
+    assert describe_figure("skip_effects-difference").caption.startswith("The two models")
+    assert describe_figure("unknown").heading == "Other figures"

@@ -382,3 +382,54 @@ def test_public_progress_estimates_time_left(tiny_checkpoints, tiny_suite_option
     assert cache.read == set(names)
     assert not any("min left" in line for line in lines)
     assert lines[-1] == "[public model] done"
+
+
+def test_report_groups_figures_under_headings(tmp_path):
+    from types import SimpleNamespace
+
+    from depthcurse.findings import depth_score_findings
+    from depthcurse.report import write_report
+
+    models = synthetic_models(["none-seed0", "none-seed1", "midas-seed0", "midas-seed1"])
+    scores = {"none-seed0": 1.0, "none-seed1": 1.1, "midas-seed0": 1.5, "midas-seed1": 1.6}
+    depth = pd.DataFrame([
+        {"model": label, "prompt_set": "validation", "source": "layer_effect", "value": value,
+         "step": 10}
+        for label, value in scores.items()
+    ])
+    findings = depth_score_findings({"depth_score": depth}, models, "none", ["midas"])
+    stems = ["skip_effects-none-seed0", "output_change-none-seed0", "contributions-over-step-midas-seed0",
+             "depth_score-none-seed0", "contributions", "residual_norms", "skip_effects-difference"]
+    (tmp_path / "figures").mkdir()
+    pngs = []
+    for stem in stems:
+        pngs.append(tmp_path / "figures" / f"{stem}.png")
+        pngs[-1].write_bytes(b"not a real png")
+    recipe = SimpleNamespace(name="micro", path=None, description="", variants=["none", "midas"],
+                             baseline="none", seeds=[0, 1])
+    runs = [SimpleNamespace(label=label, status="trained") for label in scores]
+    report, page = write_report(tmp_path, recipe, runs, models, findings, pngs, "", {"all": 60.0})
+
+    text = report.read_text()
+    findings_part, figures_part = text.split("## Figures")
+    # The depth score is defined where the report first shows it, with its range.
+    assert "centre of mass of the layer-skip effects" in findings_part
+    assert "L = 4 layers, so their scores run from 0 to 2" in findings_part
+    lines = figures_part.splitlines()
+    headings = [line for line in lines if line.startswith("### ")]
+    assert headings == ["### Residual stream norms", "### Relative contributions",
+                        "### Layer skipping", "### Depth score"]
+    images = [line for line in lines if line.startswith("![")]
+    assert [line.split("]")[0][2:] for line in images] == [
+        "residual_norms", "contributions", "contributions-over-step-midas-seed0",
+        "skip_effects-difference", "skip_effects-none-seed0", "output_change-none-seed0",
+        "depth_score-none-seed0",
+    ]
+    # Every figure has a one-line caption in italics right under it.
+    for index, line in enumerate(lines):
+        if line.startswith("!["):
+            assert lines[index + 2].startswith("*"), line
+            assert lines[index + 2].endswith("*"), line
+    assert "midas-seed0, one line per checkpoint step." in figures_part
+    assert "more use of depth" in figures_part
+    assert "<figcaption>Mean L2 norm of the residual stream" in page.read_text()
