@@ -350,3 +350,18 @@ def test_figure_descriptions_cover_registry():
     assert staged.caption.startswith("midas-seed0, one line per checkpoint stage. ")
     assert describe_figure("skip_effects-difference").caption.startswith("The two models")
     assert describe_figure("unknown").heading == "Other figures"
+
+
+def test_legend_outside_gathers_panels():
+    from matplotlib.figure import Figure
+
+    from depthcurse.plots.layout import legend_outside
+
+    fig = Figure()
+    left, right = fig.subplots(1, 2)
+    left.plot([0, 1], [0, 1], label="text")
+    right.plot([0, 1], [1, 0], label="code")
+    right.plot([0, 1], [0, 0], label="text")
+    legend = legend_outside(right, gather=[left])
+    assert [t.get_text() for t in legend.get_texts()] == ["text", "code"]
+    assert left.get_legend() is None

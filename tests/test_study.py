@@ -184,7 +184,7 @@ def test_reproduce_resumes_interrupted_run(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_public_model_branch(tmp_path):
+def test_public_model_branch(tmp_path, capsys):
     import tomllib
 
     from depthcurse.findings import curse_of_depth
@@ -202,6 +202,8 @@ only = ["contributions"]
     recipe = parse_recipe(tomllib.loads(text))
     collector = TableCollector()
     row = analyse_public(recipe, tmp_path, collector, echo=lambda text: None)
+    # Not even transformers' GGUF bar writes carriage returns when stderr is not a terminal.
+    assert "\r" not in capsys.readouterr().err
     assert row["label"] == "SmolLM2-135M-Instruct (Q4_1, dequantized)"
     assert row["n_layers"] == 30
     assert "Q4_1" in row["note"]

@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.legend import Legend
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 
-def legend_outside(ax: Axes, **kwargs) -> Legend | None:
+def legend_outside(ax: Axes, *, gather: Iterable[Axes] = (), **kwargs) -> Legend | None:
     """Draw `ax`'s legend to the right of its axes, so that it cannot cover their data.
 
     Call it on the rightmost axes of a row, because the legend would overlap a panel to the
-    right. Constrained layout, tight layout and ``savefig(bbox_inches="tight")`` make room
-    for it. Returns None when no artist has a label.
+    right. `gather` adds the labelled artists of other panels, once per label. Constrained
+    layout, tight layout and ``savefig(bbox_inches="tight")`` make room for the legend.
+    Returns None when no artist has a label.
     """
-    handles, labels = ax.get_legend_handles_labels()
-    if not handles:
+    entries: dict[str, Artist] = {}
+    for source in [*gather, ax]:
+        for handle, label in zip(*source.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    if not entries:
         return None
+    handles, labels = list(entries.values()), list(entries)
     options = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "borderaxespad": 0.0}
     return ax.legend(handles, labels, **{**options, **kwargs})
 

@@ -61,7 +61,8 @@ def plot_evaluation(table: pd.DataFrame) -> Figure:
         ax.set_xticks(sorted(rows["level"].unique()))
         ax.set_ylim(-0.02, 1.02)
     axes[0].set_ylabel("accuracy")
-    legend_outside(axes[-1], fontsize=5)
+    # Tasks may be asked in different forms, so gather the line styles of every panel.
+    legend_outside(axes[-1], gather=axes[:-1], fontsize=5)
     return fig
 
 
