@@ -96,7 +96,7 @@ ANALYSIS_COST = {"perturbations": 3.2, "depth_score": 1.8}
 DEFAULT_ANALYSIS_COST = 0.15
 
 
-class _RecordingCache(ResultCache):
+class RecordingCache(ResultCache):
     """A result cache that records which analyses it read instead of computing them."""
 
     def __init__(self, folder: str | Path) -> None:
@@ -130,7 +130,7 @@ class SuiteProgress:
     """
 
     def __init__(
-        self, phase: str, names: tuple[str, ...], cache: _RecordingCache, echo: Callable[[str], None]
+        self, phase: str, names: tuple[str, ...], cache: RecordingCache, echo: Callable[[str], None]
     ) -> None:
         self.phase, self.cache, self.echo = phase, cache, echo
         self.costs = {name: ANALYSIS_COST.get(name, DEFAULT_ANALYSIS_COST) for name in names}
@@ -337,7 +337,7 @@ def analyse_public(
     echo(f"[public model] loading {public.source} ({public.label})")
     model = depthcurse.load(public.source)
     digest = model_hash(resolve(public.source).path)
-    cache = _RecordingCache(out / "cache")
+    cache = RecordingCache(out / "cache")
     progress = SuiteProgress("public model", check_analyses(public.only), cache, echo)
     tables = run_suite(
         model, only=public.only, options=public.options, label=public.label,

@@ -355,12 +355,12 @@ def test_suite_draws_no_bars_without_terminal(tiny_checkpoints, tiny_suite_optio
 def test_public_progress_estimates_time_left(tiny_checkpoints, tiny_suite_options, tmp_path):
     import depthcurse
     from depthcurse.cache import model_hash
-    from depthcurse.study import SuiteProgress, _RecordingCache
+    from depthcurse.study import RecordingCache, SuiteProgress
     from depthcurse.suite import run_suite
 
     model = depthcurse.load(tiny_checkpoints["a"])
     names = ("perturbations", "pruning", "symmetry")
-    cache = _RecordingCache(tmp_path / "cache")
+    cache = RecordingCache(tmp_path / "cache")
 
     def run() -> list[str]:
         lines: list[str] = []
