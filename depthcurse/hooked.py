@@ -178,7 +178,7 @@ def _load_hf_folder(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
 def _gguf_bar_only_on_terminal() -> Iterator[None]:
     """Let transformers' GGUF dequantization bar draw only when stderr is a terminal.
 
-    transformers 5 draws that bar with `tqdm.auto.tqdm` and offers no switch, so a redirected
+    transformers 5.25 draws that bar with `tqdm.auto.tqdm` and offers no switch, so a redirected
     log got one long carriage-return line. `disable=None` makes tqdm skip non-terminals.
     """
     # NOTE: patches a module global of transformers 5 (modeling_gguf_pytorch_utils.tqdm);

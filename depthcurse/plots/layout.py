@@ -48,8 +48,8 @@ def _compact(value: float, _position: int | None = None) -> str:
 def log_ticks(axis: Axis) -> None:
     """Label a log-scale axis with a few ``2e12``-style major ticks and unlabelled minor ones.
 
-    Matplotlib labels minor ticks too when the data span less than about a decade, and those
-    long ``2×10^12`` labels overlap. The ticks per decade shrink as the span grows: 1, 2, 3 and
+    Matplotlib (3.11) labels minor ticks too when the data span little more than a decade, so
+    its long ``2×10^12`` labels overlap. The ticks per decade shrink as the span grows: 1, 2, 3 and
     5 up to one decade, 1, 2 and 5 up to three, and only powers of 10 beyond.
     """
     low, high = sorted(axis.get_view_interval())
