@@ -49,16 +49,19 @@ def source_digest(source: str | Path) -> str:
 
 
 def source_label(source: str | Path, model: Any) -> str:
-    """Return a short model name: the bundled name, or the folder or file name of the source."""
-    from depthcurse.sources import BUNDLED
+    """Return a short model name: the bundled name, else `depthcurse.sources.checkpoint_label`."""
+    from depthcurse.sources import BUNDLED, checkpoint_label
 
     if str(source) in BUNDLED:
         return str(source)
-    path = Path(source)
-    resolved = Path(model.depthcurse_info.source)
-    if resolved != path and resolved.parent.name == "checkpoints":
-        return f"{path.name}/{resolved.name}"
-    return path.name
+    return checkpoint_label(model.depthcurse_info.source)
+
+
+def distinct_labels(label_a: str, label_b: str) -> tuple[str, str]:
+    """Return the two labels, prefixed "A " and "B " when they are equal."""
+    if label_a == label_b:
+        return f"A {label_a}", f"B {label_b}"
+    return label_a, label_b
 
 
 def _suite(
@@ -168,8 +171,7 @@ def compare(
     model_a, model_b = depthcurse.load(source_a), depthcurse.load(source_b)
     if labels is None:
         labels = (source_label(source_a, model_a), source_label(source_b, model_b))
-        if labels[0] == labels[1]:
-            labels = (f"A {labels[0]}", f"B {labels[1]}")
+    labels = distinct_labels(*labels)
     tables_a = _suite(model_a, source_a, labels[0], names, options, cache_dir, progress)
     tables_b = _suite(model_b, source_b, labels[1], names, options, cache_dir, progress)
     tables = {

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 # Passive OpenMP threads: on a shared 2-core machine a busy-waiting pool made
 # training steps about 10x slower. Set before torch starts its thread pool.
@@ -13,6 +14,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import typer  # noqa: E402
 
 if TYPE_CHECKING:
+    from depthcurse.analyze import Analysis
     from depthcurse.suite import SuiteOptions
 
 app = typer.Typer(
@@ -78,6 +80,7 @@ def train(
     from depthcurse.checkpoint import CheckpointError
     from depthcurse.config import ConfigError
     from depthcurse.growth import GrowthError
+    from depthcurse.suite import progress_bars
     from depthcurse.train import TrainError, build_config, saved_config
     from depthcurse.train import train as run_training
 
@@ -90,6 +93,7 @@ def train(
     try:
         base = saved_config(out) if resume else None
         cfg = build_config(base, recipe, set_, options)
+        cfg.progress = cfg.progress and progress_bars()
         result = run_training(cfg, out, resume=resume)
     except (ConfigError, GrowthError, TrainError, CheckpointError, OSError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
@@ -257,9 +261,41 @@ FiguresOption = Annotated[
 ]
 
 
-def _fail(err: Exception) -> None:
+def _fail(err: Exception) -> NoReturn:
     typer.echo(f"error: {err}", err=True)
     raise typer.Exit(code=2)
+
+
+def _run_suite_command(
+    command: str,
+    run: Callable[..., Analysis],
+    sources: tuple[str, ...],
+    out: Path,
+    *,
+    only: str | None,
+    n_prompts: int,
+    prompt_tokens: int,
+    cache: Path | None,
+    block_size: int | None,
+    option: list[str] | None,
+    figures: bool,
+) -> Analysis:
+    """Check the suite options that `analyze` and `compare` share, then call `run`.
+
+    Progress goes to stderr as ``[COMMAND] step``. A source that cannot be loaded, or an
+    invalid option value found while running, ends the command with exit code 2.
+    """
+    from depthcurse.sources import LoadError
+
+    names = _only(only)
+    options = _suite_options(n_prompts, prompt_tokens, block_size, option)
+    try:
+        return run(
+            *sources, out, only=names, options=options, cache_dir=cache, figures=figures,
+            progress=lambda step: typer.echo(f"[{command}] {step}", err=True),
+        )
+    except (LoadError, FileNotFoundError, ValueError) as err:
+        _fail(err)
 
 
 @app.command("analyze")
@@ -278,18 +314,13 @@ def analyze_command(
 ) -> None:
     """Run the analysis suite on one model; write tables, figures and a result cache."""
     from depthcurse.analyze import analyze
-    from depthcurse.sources import LoadError
 
-    names = _only(only)
-    options = _suite_options(n_prompts, prompt_tokens, block_size, option)
     out = out or Path("results") / f"analyze-{Path(str(source)).name}"
-    try:
-        result = analyze(
-            source, out, only=names, options=options, cache_dir=cache, figures=figures,
-            progress=lambda step: typer.echo(f"[analyze] {step}", err=True),
-        )
-    except (LoadError, FileNotFoundError, ValueError) as err:
-        _fail(err)
+    result = _run_suite_command(
+        "analyze", analyze, (source,), out, only=only, n_prompts=n_prompts,
+        prompt_tokens=prompt_tokens, cache=cache, block_size=block_size, option=option,
+        figures=figures,
+    )
     typer.echo(f"wrote {len(result.tables)} tables and {len(result.figures)} figure files to {out}")
 
 
@@ -308,18 +339,13 @@ def compare_command(
 ) -> None:
     """Run the suite on two models; write side-by-side tables, overlaid figures and report.md."""
     from depthcurse.analyze import compare
-    from depthcurse.sources import LoadError
 
-    names = _only(only)
-    options = _suite_options(n_prompts, prompt_tokens, block_size, option)
     out = out or Path("results") / f"compare-{Path(source_a).name}-{Path(source_b).name}"
-    try:
-        result = compare(
-            source_a, source_b, out, only=names, options=options, cache_dir=cache, figures=figures,
-            progress=lambda step: typer.echo(f"[compare] {step}", err=True),
-        )
-    except (LoadError, FileNotFoundError, ValueError) as err:
-        _fail(err)
+    result = _run_suite_command(
+        "compare", compare, (source_a, source_b), out, only=only, n_prompts=n_prompts,
+        prompt_tokens=prompt_tokens, cache=cache, block_size=block_size, option=option,
+        figures=figures,
+    )
     for note in result.notes:
         typer.echo(f"note: {note}")
     typer.echo(f"wrote {len(result.tables)} tables, {len(result.figures)} figure files and {result.report}")

@@ -70,6 +70,10 @@ class FigureSpec:
     """`draw` takes rows of any number of models."""
     last_checkpoint: bool = True
     """Draw only each model's last step when the table has several (False: all rows)."""
+    heading: str = ""
+    """Report heading of the analysis; figures with the same heading are shown together."""
+    caption: str = ""
+    """One line for the report: what is plotted and which direction means more use of depth."""
 
 
 def _curves(metrics: list[str], title: str, log_scale: bool = False) -> Callable:
@@ -140,49 +144,164 @@ def _registry() -> tuple[FigureSpec, ...]:
         FigureSpec(
             "residual_norms", "residual_norms", stream.plot_residual_norms,
             overlay=_curves(norms, "Residual stream norms", log_scale=True),
-            stages=_stage_curves(norms),
+            stages=_stage_curves(norms), heading="Residual stream norms",
+            caption="Mean L2 norm of the residual stream h_l and of the attention (a_l) and MLP "
+            "(m_l) outputs per layer, log scale. Layer outputs that keep pace with a growing "
+            "‖h_l‖ in late layers mean more use of depth.",
         ),
         FigureSpec(
             "contributions", "contributions", stream.plot_contributions,
             # Log scale: layer 0 often writes tens of times the embedding's norm, which
             # flattens every later layer on a linear axis.
             overlay=_curves(shares, "Relative contribution to the residual stream", log_scale=True),
-            stages=_stage_curves(shares),
+            stages=_stage_curves(shares), heading="Relative contributions",
+            caption="Mean ‖a_l‖/‖h_l‖ (attn), ‖m_l‖/‖h_l+a_l‖ (mlp) and ‖a_l+m_l‖/‖h_l‖ (layer) "
+            "per layer, log scale. Higher values in the second half of the layers mean more use "
+            "of depth.",
         ),
         FigureSpec(
             "cosines", "cosines", stream.plot_cosines,
             overlay=_curves([], "Cosine similarities"), stages=_stage_curves([]),
+            heading="Cosine similarities",
+            caption="Mean cosine between each layer's updates and the residual stream they are "
+            "added to, and between h_{l+1} and h_l. cos(h_next,h) near 1 in late layers means "
+            "they barely turn the stream (less use of depth).",
         ),
         FigureSpec(
             "lens", "lens", _lens, overlay=_lens_overlay,
-            stages=_stage_curves(["kl"]),
+            stages=_stage_curves(["kl"]), heading="Logit and tuned lens",
+            caption="KL divergence to the final output, top-5 overlap and accuracy of the "
+            "prediction the logit and tuned lens read from h_l. A lens that matches the output "
+            "only near the last layer means late layers still change the prediction (more use "
+            "of depth).",
         ),
         FigureSpec(
             "layer_similarity", "layer_similarity", stream.plot_layer_similarity,
             difference=_matrix_difference(
                 "metric", "delta", "layer", "other_layer", "Similarity of layer updates"
             ),
+            heading="Layer similarity",
+            caption="Cosine similarity of the updates (delta) and residual streams (resid) of "
+            "every pair of layers. A bright block of late layers means they write similar "
+            "updates (less use of depth).",
         ),
-        FigureSpec("weight_similarity", "weight_similarity", stream.plot_layer_similarity),
+        FigureSpec(
+            "weight_similarity", "weight_similarity", stream.plot_layer_similarity,
+            heading="Weight similarity",
+            caption="Cosine similarity of each weight matrix between every pair of layers. "
+            "Layers copied by growth show as bright off-diagonal entries; this shows how a "
+            "model was grown, not how much it uses its depth.",
+        ),
         FigureSpec(
             "skip_effects", "skip_effects", interventions.plot_skip_matrix,
-            difference=_skip_difference,
+            difference=_skip_difference, heading="Layer skipping",
+            caption="Relative change of layer j's output (columns) when layer s (rows) is "
+            "skipped. Large effects in late rows mean later layers build on late layers (more "
+            "use of depth).",
         ),
-        FigureSpec("output_change", "skip_effects", interventions.plot_output_change),
-        FigureSpec("depth_score", "depth_score", interventions.plot_depth_scores),
-        FigureSpec("perturbations", "perturbations", interventions.plot_perturbations),
-        FigureSpec("pruning", "pruning", interventions.plot_pruning),
-        FigureSpec("looping", "looping", interventions.plot_loop),
-        FigureSpec("periodicity", "periodicity", interventions.plot_periodicity),
-        FigureSpec("symmetry", "symmetry", interventions.plot_symmetry),
-        FigureSpec("linear_map", "linear_map", interventions.plot_linear_map, all_models=True),
-        FigureSpec("evaluation", "evaluation", runs.plot_evaluation, all_models=True),
-        FigureSpec("heldout_nll", "heldout_nll", runs.plot_heldout_nll, all_models=True),
+        FigureSpec(
+            "output_change", "skip_effects", interventions.plot_output_change,
+            heading="Layer skipping",
+            caption="Change ‖p_skip − p_clean‖₂ of the output distribution when each layer is "
+            "skipped. Large values for late layers mean the output depends on them (more use of "
+            "depth).",
+        ),
+        FigureSpec(
+            "depth_score", "depth_score", interventions.plot_depth_scores,
+            heading="Depth score",
+            caption="Depth score Σ_s s·e_s / Σ_s e_s, the centre of mass over skipped layers s "
+            "of their skip effects e_s, per prompt set with a bootstrap 95% interval. It runs "
+            "from 0 to L − 2 from layer effects and to L − 1 from output effects; higher means "
+            "more use of depth.",
+        ),
+        FigureSpec(
+            "perturbations", "perturbations", interventions.plot_perturbations,
+            heading="Layer and block perturbations",
+            caption="Δ NLL (nats/token) of each perturbation (rows) at each layer or block "
+            "position (columns). A large Δ NLL at late positions means the model relies on its "
+            "late layers (more use of depth).",
+        ),
+        FigureSpec(
+            "pruning", "pruning", interventions.plot_pruning, heading="Pruning metrics",
+            caption="Block influence 1 − cos(h_l, h_{l+1}) per layer, Δ NLL of removing each "
+            "layer, and the angular distance between h_l and h_{l+n}. Low values for late "
+            "layers mean they could be removed at little cost (less use of depth).",
+        ),
+        FigureSpec(
+            "looping", "looping", interventions.plot_loop, heading="Looping a block",
+            caption="Each metric against the number of passes through the looped middle block "
+            "at inference.",
+        ),
+        FigureSpec(
+            "periodicity", "periodicity", interventions.plot_periodicity,
+            heading="Periodicity",
+            caption="Autocorrelation over lag of the attention, MLP and layer contributions, "
+            "with each sequence's dominant period. A peak at lag b (the growth block size) is "
+            "the signature of depth growth, not a measure of use of depth.",
+        ),
+        FigureSpec(
+            "symmetry", "symmetry", interventions.plot_symmetry, heading="Weight symmetry",
+            caption="Mirror asymmetry ‖S − JSJ‖_F/‖S‖_F (0 to 2) of each module's "
+            "weight-similarity matrix S, where J reverses the layer order. 0 means a pattern "
+            "mirrored about the middle layer, which LIDAS growth is reported to leave.",
+        ),
+        FigureSpec(
+            "linear_map", "linear_map", interventions.plot_linear_map, all_models=True,
+            heading="Linear map between models",
+            caption="Mean relative error of a ridge linear map from model A's residual stream "
+            "at each layer to model B's, on held-out tokens. Low error means B's layer holds "
+            "what A's layer holds.",
+        ),
+        FigureSpec(
+            "evaluation", "evaluation", runs.plot_evaluation, all_models=True,
+            heading="Reasoning primitives",
+            caption="Accuracy on generated reasoning tasks per level, harder to the right, with "
+            "95% intervals and chance.",
+        ),
+        FigureSpec(
+            "heldout_nll", "heldout_nll", runs.plot_heldout_nll, all_models=True,
+            heading="Held-out NLL",
+            caption="Held-out NLL per model with its bootstrap interval; lower is better.",
+        ),
         FigureSpec(
             "loss_vs_compute", "training_curves", runs.plot_loss_vs_compute, all_models=True,
-            last_checkpoint=False,
+            last_checkpoint=False, heading="Loss against compute",
+            caption="Training and held-out loss against the training FLOPs spent so far, log "
+            "scale. A curve left of and below the baseline's reaches that loss with less "
+            "compute.",
         ),
     )
+
+
+@dataclass(frozen=True)
+class FigureDescription:
+    """Report heading, one-line caption and report order of one figure file."""
+
+    heading: str
+    caption: str
+    order: int
+
+
+def describe_figure(stem: str) -> FigureDescription:
+    """Return the heading and caption of a figure file stem that `make_figures` wrote.
+
+    Stems are ``NAME``, ``NAME-MODEL``, ``NAME-difference`` or ``NAME-over-step-MODEL``
+    (or ``-over-stage-``), where NAME is a `FigureSpec` name and contains no hyphen.
+    """
+    specs = _registry()
+    name, _, rest = stem.partition("-")
+    order = next((index for index, spec in enumerate(specs) if spec.name == name), None)
+    if order is None:
+        return FigureDescription("Other figures", "", len(specs))
+    caption = specs[order].caption
+    over = re.fullmatch(r"over-(step|stage)-(.+)", rest)
+    if over:
+        caption = f"{over.group(2)}, one line per checkpoint {over.group(1)}. {caption}"
+    elif rest == "difference":
+        caption = f"The two models and their difference. {caption}"
+    elif rest:
+        caption = f"{rest}. {caption}"
+    return FigureDescription(specs[order].heading, caption, order)
 
 
 def figure_caption(table: pd.DataFrame) -> str:

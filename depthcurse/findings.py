@@ -2,7 +2,9 @@
 
 Every finding compares quantities across training seeds: a paired difference
 uses the same seed of two variants (same initialisation seed and data order),
-and `depthcurse.stats.mean_ci` gives a Student-t interval over the seeds. A
+and `depthcurse.stats.mean_ci` gives a Student-t interval over the seeds.
+Ratios (the curse-of-depth finding) use `depthcurse.stats.ratio_ci` instead:
+the geometric mean with a t interval of the log ratios, which stays positive. A
 verdict is "supported" when the interval lies on the side the question asks
 about, "not supported" when it lies on the other side, and "inconclusive" when
 it contains the reference value. With one seed there is no interval and the
@@ -19,9 +21,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from depthcurse.stats import Estimate, mean_ci
+from depthcurse.stats import Estimate, mean_ci, ratio_ci
 
 PUBLIC_VARIANT = "public"
+
+DEPTH_SCORE_DEFINITION = (
+    "The depth score (Csordás et al. 2025, arXiv 2505.13898) is the centre of mass of the "
+    "layer-skip effects over the skipped layer s: score = Σ_s s·e_s / Σ_s e_s, where e_s is "
+    "the mean relative change that skipping layer s causes in the later layers j > s (0-based "
+    "layers). From layer effects it runs from 0 to L − 2 for L layers. A higher score means "
+    "that skipping late layers changes more, so the model uses its depth more."
+)
 
 
 @dataclass
@@ -79,6 +89,10 @@ def spread(values: Iterable[float]) -> str:
 
 def _est(values: Iterable[float]) -> Estimate:
     return mean_ci([float(v) for v in values])
+
+
+def _ratio_est(values: Iterable[float]) -> Estimate:
+    return ratio_ci([float(v) for v in values])
 
 
 def _fmt(estimate: Estimate) -> str:
@@ -157,10 +171,12 @@ def curse_of_depth(
             if own.empty:
                 continue
             values = own["ratio"].tolist()
-            est = _est(values)
+            est = _ratio_est(values)
             name = own["label"].iloc[0] if variant == PUBLIC_VARIANT else variant
+            average = "geometric mean over seeds " if est.n > 1 else ""
             text = (
-                f"{name} ({where}): second half / first half = {_fmt(est)}; {spread(values)}."
+                f"{name} ({where}): second half / first half = {average}{_fmt(est)}; "
+                f"{spread(values)}."
             )
             if variant not in (baseline, PUBLIC_VARIANT) and base:
                 _, diffs = _paired(own.set_index("seed")["ratio"].to_dict(), base)
@@ -196,10 +212,14 @@ def depth_scores(tables: dict[str, pd.DataFrame], models: pd.DataFrame) -> dict[
 def depth_score_findings(
     tables: dict[str, pd.DataFrame], models: pd.DataFrame, baseline: str, grown: list[str]
 ) -> list[Finding]:
-    question = "Is the grown models' depth score higher than the baseline's?"
     scores = depth_scores(tables, models)
     if baseline not in scores:
         return []
+    n_layers = int(_runs(models, baseline)["n_layers"].iloc[0])
+    question = (
+        f"Is the grown models' depth score higher than the baseline's? {DEPTH_SCORE_DEFINITION} "
+        f"The runs have L = {n_layers} layers, so their scores run from 0 to {n_layers - 2}."
+    )
     base = scores[baseline]
     base_est = _est(list(base.values()))
     findings = []
@@ -218,10 +238,12 @@ def depth_score_findings(
         )
     if PUBLIC_VARIANT in scores:
         value = next(iter(scores[PUBLIC_VARIANT].values()))
-        label = models[models["variant"] == PUBLIC_VARIANT]["label"].iloc[0]
+        public = models[models["variant"] == PUBLIC_VARIANT].iloc[0]
+        label, top = public["label"], int(public["n_layers"]) - 2
         findings.append(
             Finding("depth_score", "Depth score of the public model (for reference)", label,
-                    "reference value", f"{label}: depth score {value:.3g} (one model).",
+                    "reference value",
+                    f"{label}: depth score {value:.3g} on a scale of 0 to {top} (one model).",
                     _est([value]), [value])
         )
     return findings
@@ -372,7 +394,17 @@ def loss_at_fraction(curve: pd.DataFrame, fraction: float) -> float:
 
 
 def compute_findings(curves: pd.DataFrame, baseline: str, grown: list[str]) -> list[Finding]:
-    question = "At what fraction of the baseline's compute do grown models reach what held-out loss?"
+    """Compare each grown variant's final held-out loss with the baseline's, two ways.
+
+    Each comparison is its own finding with its own verdict: against the baseline's final
+    loss (after all of its compute), and against the baseline's loss interpolated at the
+    grown run's compute fraction (equal compute). A negative difference favours the grown
+    model, so both verdicts ask whether the difference is below 0.
+    """
+    question = (
+        "Do grown models reach a lower held-out loss than the baseline, both at the end of "
+        "training (the grown run spends less compute) and at equal training compute?"
+    )
     curves = curves[curves["kind"] == "eval"]
     if curves.empty:
         return []
@@ -380,6 +412,7 @@ def compute_findings(curves: pd.DataFrame, baseline: str, grown: list[str]) -> l
     if baseline not in losses:
         return []
     base_curves = curves[curves["variant"] == baseline]
+    base_final = _fmt(_est(list(losses[baseline].values())))
     findings = []
     for variant in grown:
         if variant not in losses:
@@ -387,37 +420,51 @@ def compute_findings(curves: pd.DataFrame, baseline: str, grown: list[str]) -> l
         own_curves = curves[curves["variant"] == variant]
         fraction = float(own_curves.groupby("seed")["compute_fraction"].max().mean())
         seeds, diffs = _paired(losses[variant], losses[baseline])
+        own = [losses[variant][s] for s in seeds]
+        est = _est(diffs)
+        text = (
+            f"{variant} at the end of training: held-out loss {_fmt(_est(own))} ({spread(own)}) "
+            f"with {fraction:.3f} of the baseline's training FLOPs, against {baseline} "
+            f"{base_final} with all of them. Difference {variant} minus {baseline}: {_fmt(est)} "
+            f"({spread(diffs)}) nats/token."
+        )
+        findings.append(
+            Finding("loss_vs_compute", question, f"{variant}, end of training",
+                    _loss_verdict(est, "end of training"), text, est, diffs)
+        )
+
         matched = {
             int(seed): loss_at_fraction(group, fraction)
             for seed, group in base_curves.groupby("seed")
         }
         _, diffs_same = _paired(losses[variant], matched)
-        est = _est(diffs)
-        own = [losses[variant][s] for s in seeds]
+        if not diffs_same or any(math.isnan(d) for d in diffs_same):
+            continue
+        same = _est(diffs_same)
+        base_same = _fmt(_est(list(matched.values())))
         text = (
-            f"{variant} uses {fraction:.3f} of the baseline's training FLOPs and ends at held-out "
-            f"loss {_fmt(_est(own))} ({spread(own)}); {baseline} ends at "
-            f"{_fmt(_est(list(losses[baseline].values())))} with all of its compute. Difference "
-            f"{variant} minus {baseline}: {_fmt(est)} ({spread(diffs)}) nats/token"
+            f"{variant} at equal compute ({fraction:.3f} of the baseline's training FLOPs): "
+            f"{baseline} reaches {base_same} there, interpolated between its evaluations. "
+            f"Difference {variant} minus {baseline}: {_fmt(same)} ({spread(diffs_same)}) "
+            "nats/token."
         )
-        if diffs_same and not any(math.isnan(d) for d in diffs_same):
-            text += (
-                f"; against {baseline} at the same compute ({fraction:.3f}): "
-                f"{_fmt(_est(diffs_same))} ({spread(diffs_same)})"
-            )
-        text += "."
         findings.append(
-            Finding("loss_vs_compute", question, variant, _loss_verdict(est), text, est, diffs)
+            Finding("loss_vs_compute", question, f"{variant}, equal compute",
+                    _loss_verdict(same, "equal compute"), text, same, diffs_same)
         )
     return findings
 
 
-def _loss_verdict(diff: Estimate) -> str:
-    """Verdict for "the grown model reaches the baseline's loss": difference <= 0."""
+def _loss_verdict(diff: Estimate, comparison: str) -> str:
+    """Return the verdict on "the grown model's loss is lower" (difference < 0) for `comparison`."""
     result = verdict(diff, 0.0, "below")
+    if result == "supported":
+        return f"supported at {comparison} (lower loss)"
+    if result == "not supported":
+        return f"not supported at {comparison} (higher loss)"
     if result == "inconclusive":
-        return "inconclusive (no loss difference detected)"
-    return result
+        return f"inconclusive at {comparison} (the interval contains 0)"
+    return f"{result} at {comparison}"
 
 
 def all_findings(

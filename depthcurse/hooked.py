@@ -12,6 +12,7 @@ string inputs default to no BOS as well (`cfg.default_prepend_bos = False`).
 
 from __future__ import annotations
 
+import functools
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -173,6 +174,28 @@ def _load_hf_folder(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+@contextmanager
+def _gguf_bar_only_on_terminal() -> Iterator[None]:
+    """Let transformers' GGUF dequantization bar draw only when stderr is a terminal.
+
+    transformers 5.25 draws that bar with `tqdm.auto.tqdm` and offers no switch, so a redirected
+    log got one long carriage-return line. `disable=None` makes tqdm skip non-terminals.
+    """
+    # NOTE: patches a module global of transformers 5 (modeling_gguf_pytorch_utils.tqdm);
+    # when a later version renames it, the bar simply shows again.
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(original, disable=None)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     """Dequantize a GGUF file through transformers' `gguf_file=` support (it uses `gguf`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -180,14 +203,15 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     folder, name = path.parent, path.name
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(
-            folder,
-            gguf_file=name,
-            dtype=dtype,
-            attn_implementation="eager",
-            trust_remote_code=False,
-            local_files_only=True,
-        ).eval()
+        with _gguf_bar_only_on_terminal():
+            model = AutoModelForCausalLM.from_pretrained(
+                folder,
+                gguf_file=name,
+                dtype=dtype,
+                attn_implementation="eager",
+                trust_remote_code=False,
+                local_files_only=True,
+            ).eval()
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LoadError(f"transformers failed to load {path}: {first_line}") from err

@@ -18,16 +18,18 @@ SECTION_TITLES = {
     "periodicity": "Periodicity of attention contributions",
     "block_vs_layer_swaps": "Block swaps against layer swaps",
     "block_swaps_vs_baseline": "Block swaps against the baseline",
-    "loss_vs_compute": "Held-out loss against training compute",
+    "loss_vs_compute": "Held-out loss at the end of training and at equal compute",
 }
 
 VERDICT_NOTE = (
     "Intervals are 95% Student-t intervals over training seeds (n = number of seeds); a "
-    "difference is paired by seed. A finding is *supported* when its interval lies on the side "
-    "the question asks about, *not supported* when it lies on the other side, and *inconclusive* "
-    "when it contains the reference value (1 for ratios, 0 for differences). With 2 seeds the "
-    "t interval is wide (12.7 standard errors each side), so most differences will read as "
-    "inconclusive unless they are large and consistent."
+    "difference is paired by seed. Ratios are averaged as geometric means, with the t interval "
+    "computed for their logarithms, so the interval stays above 0. A finding is *supported* "
+    "when its interval lies on the side the question asks about, *not supported* when it lies "
+    "on the other side, and *inconclusive* when it contains the reference value (1 for ratios, "
+    "0 for differences). A finding that compares two ways names the comparison in its verdict. "
+    "With 2 seeds the t interval is wide (12.7 standard errors each side), so most differences "
+    "will read as inconclusive unless they are large and consistent."
 )
 
 
@@ -41,7 +43,7 @@ def _blocks(
     figure_problem: str,
     timings: dict[str, float],
 ) -> list[tuple[str, Any]]:
-    """Return the report as (kind, content) blocks: h1, h2, h3, p, ul, img, pre."""
+    """Return the report as (kind, content) blocks: h1, h2, h3, p, ul, img (path, caption)."""
     blocks: list[tuple[str, Any]] = [("h1", f"Study {recipe.name}: do depth-grown transformers use their depth better?")]
     source = recipe.path if recipe.path is not None else "(in memory)"
     blocks.append(("p", f"Recipe {source}: {recipe.description}".strip()))
@@ -72,10 +74,8 @@ def _blocks(
     blocks.append(("h2", "Figures"))
     if figure_problem:
         blocks.append(("p", figure_problem))
-    # Figures that overlay every model come first, then one figure per model.
-    pngs = sorted((f for f in figures if f.suffix == ".png"), key=lambda f: ("-" in f.stem, f.stem))
-    for figure in pngs:
-        blocks.append(("img", figure))
+    pngs = [f for f in figures if f.suffix == ".png"]
+    blocks += _figure_blocks(pngs)
     if not pngs and not figure_problem:
         blocks.append(("p", "No figure was drawn."))
 
@@ -89,6 +89,28 @@ def _blocks(
     )
     blocks.append(("h2", "Time"))
     blocks.append(("ul", [f"{name}: {seconds / 60:.1f} min" for name, seconds in timings.items()]))
+    return blocks
+
+
+def _figure_blocks(pngs: list[Path]) -> list[tuple[str, Any]]:
+    """Return the figures as one h3 heading per analysis, each figure with its caption.
+
+    Analyses follow the figure registry's order. Within one, figures that overlay every
+    model come first, then one figure per model.
+    """
+    from depthcurse.figures import describe_figure
+
+    described = sorted(
+        ((describe_figure(png.stem), png) for png in pngs),
+        key=lambda item: (item[0].order, "-" in item[1].stem, item[1].stem),
+    )
+    blocks: list[tuple[str, Any]] = []
+    heading = None
+    for description, png in described:
+        if description.heading != heading:
+            heading = description.heading
+            blocks.append(("h3", heading))
+        blocks.append(("img", (png, description.caption)))
     return blocks
 
 
@@ -111,7 +133,10 @@ def render_markdown(blocks: list[tuple[str, Any]], out: Path) -> str:
         elif kind == "ul":
             lines += [f"- {item}" for item in content] + [""]
         elif kind == "img":
-            lines += [f"![{content.stem}]({content.relative_to(out).as_posix()})", ""]
+            figure, caption = content
+            lines += [f"![{figure.stem}]({figure.relative_to(out).as_posix()})", ""]
+            if caption:
+                lines += [f"*{caption}*", ""]
     return "\n".join(lines)
 
 
@@ -133,10 +158,11 @@ def render_html(blocks: list[tuple[str, Any]], title: str) -> str:
             items = "".join(f"<li>{_inline_md_to_html(item)}</li>" for item in content)
             parts.append(f"<ul>{items}</ul>")
         elif kind == "img":
-            data = base64.b64encode(content.read_bytes()).decode("ascii")
+            figure, caption = content
+            data = base64.b64encode(figure.read_bytes()).decode("ascii")
             parts.append(
-                f'<figure><img alt="{html.escape(content.stem)}" src="data:image/png;base64,{data}">'
-                f"<figcaption>{html.escape(content.name)}</figcaption></figure>"
+                f'<figure><img alt="{html.escape(figure.stem)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{html.escape(caption or figure.name)}</figcaption></figure>"
             )
     parts.append("</body></html>")
     return "\n".join(parts)

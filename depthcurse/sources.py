@@ -164,6 +164,29 @@ def select_checkpoint(run: Path, *, stage: int | None = None, step: int | None =
     return candidates[-1][2]
 
 
+def checkpoint_label(path: str | Path) -> str:
+    """Return a short model label for a checkpoint, run folder, model folder or file.
+
+    A run's latest complete checkpoint (the one `select_checkpoint` picks) is
+    labelled by the run folder's name, e.g. ``midas-seed0``, and an earlier one
+    ``RUN/step-N`` with N its training step. Anything else is labelled by its own
+    folder or file name.
+    """
+    path = Path(path)
+    if (path / CHECKPOINTS_DIR).is_dir() and not (path / META_FILE).is_file():
+        path = select_checkpoint(path)
+    if path.parent.name != CHECKPOINTS_DIR or not (path / META_FILE).is_file():
+        return path.name
+    run = path.parent.parent
+    # Compare absolute paths, not resolved ones: two checkpoint folders may link to one folder.
+    if select_checkpoint(run).absolute() == path.absolute():
+        return run.name
+    step = read_metadata(path).get("step")
+    if step is None:
+        step = int(path.name.removeprefix("step-")) if path.name.startswith("step-") else path.name
+    return f"{run.name}/step-{step}"
+
+
 # ---------------------------------------------------------------------------
 # Folder checks
 

@@ -43,6 +43,29 @@ def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> E
     return Estimate(mean, mean - half, mean + half, n, "t")
 
 
+def ratio_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> Estimate:
+    """Return the geometric mean of positive ratios with a Student-t interval of their logs.
+
+    The interval is computed for log(ratio) and exponentiated, so it stays above 0. With 2
+    seeds a t interval of the ratios themselves often extends below 0, which no ratio of
+    norms can reach.
+    """
+    data = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+    if (data <= 0).any():
+        raise ValueError(
+            f"ratio_ci requires positive ratios, got {data[data <= 0].tolist()}; "
+            "use mean_ci for values that can be zero or negative"
+        )
+    on_log = mean_ci(np.log(data), confidence)
+    return Estimate(
+        math.exp(on_log.value) if on_log.n else float("nan"),
+        math.exp(on_log.low) if not math.isnan(on_log.low) else float("nan"),
+        math.exp(on_log.high) if not math.isnan(on_log.high) else float("nan"),
+        on_log.n,
+        "t on log scale",
+    )
+
+
 def bootstrap_ci(
     values: Sequence[float] | np.ndarray,
     statistic: Callable[[np.ndarray], float] = np.mean,

@@ -1,7 +1,7 @@
 """The main job: train every variant of a study recipe, analyse the runs, write the report.
 
-`reproduce` runs in four phases, each with a progress bar and a printed
-estimate of the time left:
+`reproduce` runs in four phases. The first three print an estimate of the
+time left, and draw progress bars only when stderr is a terminal:
 
 1. train every variant x seed into ``OUT/runs/VARIANT-seedS``, reusing
    finished runs and resuming interrupted ones;
@@ -25,7 +25,9 @@ from typing import Any
 
 import pandas as pd
 
+from depthcurse.cache import ResultCache
 from depthcurse.recipe import StudyRecipe, load_study_recipe
+from depthcurse.suite import progress_bars
 
 DEFAULT_RECIPE = Path("analyses/tiny.toml")
 DEFAULT_OUT = Path("results/tiny")
@@ -76,11 +78,79 @@ class Eta:
             self.timed_work += work
             self.timed_seconds += seconds
         left = self.total - self.done
-        if left <= 0:
+        if left <= 1e-9 * self.total:
             self.echo(f"[{self.name}] done")
         elif self.timed_work > 0:
             minutes = left * self.timed_seconds / self.timed_work / 60
-            self.echo(f"[{self.name}] {self.done:.3g}/{self.total:.3g} done; about {minutes:.1f} min left")
+            percent = 100 * self.done / self.total
+            self.echo(f"[{self.name}] {percent:.0f}% done; about {minutes:.1f} min left (estimate)")
+
+
+# Relative cost of each analysis on the public model, in minutes of one measured run of the
+# default recipe on a shared 2-core CPU (docs/study.md): perturbations 3.2 and the depth score
+# 1.8 of 6.3 minutes. Only the ratios enter the estimate, which is scaled by the times
+# measured as the phase runs.
+# NOTE: analyses without an entry were not timed one by one. DEFAULT_ANALYSIS_COST is a
+# guess: loading and the other 7 analyses took 1.3 minutes together.
+ANALYSIS_COST = {"perturbations": 3.2, "depth_score": 1.8}
+DEFAULT_ANALYSIS_COST = 0.15
+
+
+class RecordingCache(ResultCache):
+    """A result cache that records which analyses it read instead of computing them."""
+
+    def __init__(self, folder: str | Path) -> None:
+        super().__init__(folder)
+        self.read: set[str] = set()
+
+    def get_or_compute(
+        self,
+        model_digest: str,
+        analysis: str,
+        arguments: dict[str, Any],
+        compute: Callable[[], pd.DataFrame],
+    ) -> pd.DataFrame:
+        computed = []
+
+        def run() -> pd.DataFrame:
+            computed.append(analysis)
+            return compute()
+
+        table = super().get_or_compute(model_digest, analysis, arguments, run)
+        if not computed:
+            self.read.add(analysis)
+        return table
+
+
+class SuiteProgress:
+    """`run_suite` progress callback that prints each analysis and an estimate of the time left.
+
+    The estimate weighs the analyses still to run by `ANALYSIS_COST` and scales the weights by
+    the seconds the computed ones took. Tables read from `cache` count as done but not timed.
+    """
+
+    def __init__(
+        self, phase: str, names: tuple[str, ...], cache: RecordingCache, echo: Callable[[str], None]
+    ) -> None:
+        self.phase, self.cache, self.echo = phase, cache, echo
+        self.costs = {name: ANALYSIS_COST.get(name, DEFAULT_ANALYSIS_COST) for name in names}
+        self.eta = Eta(phase, sum(self.costs.values()), echo)
+        self.started = time.perf_counter()
+        self.current: str | None = None
+        self.current_started = 0.0
+
+    def __call__(self, name: str) -> None:
+        self.finish()
+        self.current, self.current_started = name, time.perf_counter()
+        self.echo(f"[{self.phase}] {name} ({self.current_started - self.started:.0f} s so far)")
+
+    def finish(self) -> None:
+        """Count the running analysis as done; call once more after `run_suite` returns."""
+        if self.current is None:
+            return
+        name, self.current = self.current, None
+        seconds = None if name in self.cache.read else time.perf_counter() - self.current_started
+        self.eta.advance(self.costs[name], seconds)
 
 
 # ---------------------------------------------------------------------------
@@ -120,6 +190,7 @@ def train_runs(
             jobs.append((variant, seed, cfg, cost))
     eta = Eta("training", sum(cost for *_, cost in jobs), echo)
     records = []
+    progress = progress and progress_bars()
     bar = tqdm(jobs, desc="train runs", unit="run", disable=not progress, position=0)
     for variant, seed, cfg, cost in bar:
         folder = out / "runs" / f"{variant}-seed{seed}"
@@ -212,7 +283,10 @@ def analyse_runs(
     # A final checkpoint runs the whole suite: count it as several stage checkpoints.
     weight = {True: 1 + len(recipe.only), False: 1}
     eta = Eta("analyses", sum(weight[final] for *_, final in jobs), echo)
-    bar = tqdm(jobs, desc="analyse checkpoints", unit="ckpt", disable=not progress, position=0)
+    bar = tqdm(
+        jobs, desc="analyse checkpoints", unit="ckpt", disable=not (progress and progress_bars()),
+        position=0,
+    )
     for run, stage, step, folder, final in bar:
         started = time.perf_counter()
         bar.set_postfix_str(f"{run.label} stage {stage}")
@@ -253,25 +327,23 @@ def analyse_public(
 ) -> dict[str, Any] | None:
     """Run the public model's suite; return its row of the models table."""
     import depthcurse
-    from depthcurse.cache import ResultCache, model_hash
+    from depthcurse.cache import model_hash
     from depthcurse.sources import resolve
-    from depthcurse.suite import run_suite
+    from depthcurse.suite import check_analyses, run_suite
 
     public = recipe.public
     if public is None:
         return None
     echo(f"[public model] loading {public.source} ({public.label})")
-    started = time.perf_counter()
     model = depthcurse.load(public.source)
     digest = model_hash(resolve(public.source).path)
-
-    def show(name: str) -> None:
-        echo(f"[public model] {name} ({time.perf_counter() - started:.0f} s so far)")
-
+    cache = RecordingCache(out / "cache")
+    progress = SuiteProgress("public model", check_analyses(public.only), cache, echo)
     tables = run_suite(
         model, only=public.only, options=public.options, label=public.label,
-        cache=ResultCache(out / "cache"), model_digest=digest, progress=show,
+        cache=cache, model_digest=digest, progress=progress,
     )
+    progress.finish()
     collector.add_all(tables, variant="public", seed=pd.NA, run=public.label)
     info = model.depthcurse_info
     return {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,14 @@ class SuiteOptions:
         return cls(**values)
 
 
+def progress_bars() -> bool:
+    """Return whether to draw tqdm bars: only when stderr is a terminal.
+
+    Redirected to a file, each bar update would leave a carriage-return line in the log.
+    """
+    return sys.stderr.isatty()
+
+
 def check_analyses(only: Iterable[str] | None) -> tuple[str, ...]:
     """Return the requested analysis names in suite order, rejecting unknown ones by name."""
     if only is None:
@@ -98,8 +107,13 @@ def check_analyses(only: Iterable[str] | None) -> tuple[str, ...]:
 
 
 def model_label(model: Any) -> str:
+    """Return the model's label for the `model` column (see `depthcurse.sources.checkpoint_label`)."""
+    from depthcurse.sources import checkpoint_label
+
     info = getattr(model, "depthcurse_info", None)
-    return Path(info.source).name if info is not None else type(model).__name__
+    if info is None:
+        return type(model).__name__
+    return checkpoint_label(info.source)
 
 
 def suite_prompts(model: Any, options: SuiteOptions, *, offset: int = 0) -> Any:
@@ -227,6 +241,7 @@ def _skip_effects(model: Any, prompts: Any, options: SuiteOptions, tables: dict)
         mode=options.skip_mode,
         batch_size=options.batch_size,
         seed=options.seed,
+        progress=progress_bars(),
     )
 
 
@@ -237,7 +252,8 @@ def _depth_score(model: Any, prompts: Any, options: SuiteOptions, tables: dict) 
     if options.depth_score_per_level:
         sets.update(_primitive_level_sets(model, options))
     return depth_score(
-        model, sets, part="layer", mode="future", seed=options.seed, batch_size=options.batch_size
+        model, sets, part="layer", mode="future", seed=options.seed, batch_size=options.batch_size,
+        progress=progress_bars(),
     )
 
 
@@ -287,6 +303,7 @@ def _perturbations(model: Any, prompts: Any, options: SuiteOptions, tables: dict
         block_size=block_size_for(model, options),
         seed=options.seed,
         batch_size=options.batch_size,
+        progress=progress_bars(),
     )
 
 

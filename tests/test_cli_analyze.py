@@ -50,8 +50,47 @@ def test_analyze_run_folder_label_and_cache_option(tiny_checkpoints, tmp_path):
                     "--only", "symmetry", "--no-figures", *SMALL)
     assert result.exit_code == 0, result.output
     table = pd.read_parquet(tmp_path / "out" / "tables" / "symmetry.parquet")
-    assert set(table["model"]) == {"run/step-000001"}
+    assert set(table["model"]) == {"run"}
     assert len(list(cache.glob("symmetry-*.parquet"))) == 1
+
+
+def _run_with_steps(run, tiny_checkpoints, steps):
+    """Write checkpoints of one random 2-layer model at `steps` into run folder `run`."""
+    from depthcurse.checkpoint import save_checkpoint
+    from depthcurse.config import ModelConfig
+    from depthcurse.model import DepthcurseLM
+
+    config = ModelConfig(vocab_size=300, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                         d_mlp=64, max_seq_len=64)
+    model = DepthcurseLM(config)
+    tokenizer = tiny_checkpoints["a"].parent / "tokenizer.json"
+    for step in steps:
+        save_checkpoint(run / "checkpoints" / f"step-{step:06d}", model, tokenizer_file=tokenizer,
+                        metadata={"step": step, "stage": 0})
+    return run
+
+
+def test_run_folder_labels(tiny_checkpoints, tmp_path):
+    import depthcurse
+    from depthcurse.sources import checkpoint_label
+    from depthcurse.suite import model_label
+
+    run = _run_with_steps(tmp_path / "midas-s0", tiny_checkpoints, (100, 300))
+    final, earlier = run / "checkpoints" / "step-000300", run / "checkpoints" / "step-000100"
+    assert checkpoint_label(run) == "midas-s0"
+    assert checkpoint_label(final) == "midas-s0"
+    assert checkpoint_label(earlier) == "midas-s0/step-100"
+    assert checkpoint_label(tiny_checkpoints["a"]) == "a"
+    # The labels run_suite writes when no label is given.
+    assert model_label(depthcurse.load(run)) == "midas-s0"
+    assert model_label(depthcurse.load(run, step=100)) == "midas-s0/step-100"
+
+
+def test_compare_labels_stay_distinct():
+    from depthcurse.analyze import distinct_labels
+
+    assert distinct_labels("midas-s0", "midas-s0") == ("A midas-s0", "B midas-s0")
+    assert distinct_labels("midas-s0", "midas-s0/step-100") == ("midas-s0", "midas-s0/step-100")
 
 
 @pytest.mark.slow

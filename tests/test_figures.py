@@ -196,3 +196,172 @@ def test_make_figures_script(suite_tables, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["symmetry.pdf", "symmetry.png"]
+
+
+# ---------------------------------------------------------------------------
+# Layout: legends off the data, readable ticks, short labels
+
+
+def _render(fig):
+    """Draw `fig` on an Agg canvas and return its renderer, for window extents."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    return fig.canvas.get_renderer()
+
+
+def _data_boxes(fig, renderer):
+    """Return the display-space bounding box of every line's points and every bar."""
+    from matplotlib.transforms import Bbox
+
+    boxes = []
+    for ax in fig.axes:
+        for line in ax.lines:
+            xy = np.asarray(line.get_xydata(), dtype=float)
+            xy = xy[np.isfinite(xy).all(axis=1)]
+            if len(xy):
+                points = line.get_transform().transform(xy)
+                boxes.append(Bbox.from_extents(*points.min(axis=0), *points.max(axis=0)))
+        boxes += [patch.get_window_extent(renderer) for patch in ax.patches]
+    return boxes
+
+
+def assert_legends_clear_of_data(fig):
+    import matplotlib.pyplot as plt
+
+    renderer = _render(fig)
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None] + fig.legends
+    assert legends, "the figure has no legend to check"
+    boxes = _data_boxes(fig, renderer)
+    assert boxes, "the figure has no plotted data"
+    for legend in legends:
+        extent = legend.get_window_extent(renderer)
+        covered = [box for box in boxes if extent.overlaps(box)]
+        assert not covered, f"legend {[t.get_text() for t in legend.get_texts()]} covers data"
+    plt.close(fig)
+
+
+def _many_models(table, n=8):
+    return pd.concat([table.assign(model=f"run-seed{i}") for i in range(n)], ignore_index=True)
+
+
+def test_legends_clear_of_data(suite_tables):
+    from depthcurse.figures import _curves, _lens_overlay
+    from depthcurse.plots import interventions, lens, runs, stream
+
+    a = suite_tables["a"]
+    both_lenses = pd.concat([a["logit_lens"], a["tuned_lens"]], ignore_index=True)
+    staged = pd.concat([a["residual_norms"].assign(step=s) for s in (5, 9)], ignore_index=True)
+    figures = {
+        "lens": lens.plot_lens(both_lenses),
+        "lens overlay": _lens_overlay(_many_models(both_lenses)),
+        "residual norms": stream.plot_residual_norms(a["residual_norms"]),
+        "norms overlay": _curves(["norm_h", "norm_a", "norm_m"], "norms", True)(
+            _many_models(a["residual_norms"])
+        ),
+        "contributions": stream.plot_contributions(a["contributions"]),
+        "cosines": stream.plot_cosines(a["cosines"]),
+        "norms over steps": runs.plot_over_stages(staged, ["norm_h"], by="step"),
+        "periodicity": interventions.plot_periodicity(a["periodicity"]),
+        "output change": interventions.plot_output_change(a["skip_effects"]),
+        "symmetry": interventions.plot_symmetry(a["symmetry"]),
+        "evaluation": runs.plot_evaluation(a["evaluation"]),
+        "loss vs compute": runs.plot_loss_vs_compute(_loss_curves(4e11, 3.3e12)),
+    }
+    for name, fig in figures.items():
+        try:
+            assert_legends_clear_of_data(fig)
+        except AssertionError as err:
+            raise AssertionError(f"{name}: {err}") from err
+
+
+def _loss_curves(first: float, last: float) -> pd.DataFrame:
+    """Return training curves of two variants whose FLOPs run from `first` to `last`."""
+    rows = []
+    for variant, share in (("none", 1.0), ("midas", 0.8)):
+        for step, flops in enumerate(np.geomspace(first, last * share, 12), start=1):
+            for kind in ("train", "eval"):
+                rows.append({"run": f"{variant}-seed0", "variant": variant, "kind": kind,
+                             "step": step, "loss": 6.0 - 0.2 * step, "flops": flops})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(
+    ("first", "last"), [(1.5e11, 3.3e12), (4e11, 3.3e12), (2.1e12, 4.9e12), (1e7, 3.3e12)]
+)
+def test_loss_vs_compute_ticks_do_not_overlap(first, last):
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from depthcurse.figures import PAPER_STYLE
+    from depthcurse.plots.runs import plot_loss_vs_compute
+
+    with matplotlib.rc_context(PAPER_STYLE):
+        fig = plot_loss_vs_compute(_loss_curves(first, last))
+        renderer = _render(fig)
+    for ax in fig.axes:
+        inside = ax.get_window_extent(renderer)
+        boxes = sorted(
+            (
+                label.get_window_extent(renderer)
+                for label in ax.get_xticklabels(which="both")
+                if label.get_visible() and label.get_text()
+            ),
+            key=lambda box: box.x0,
+        )
+        # Labels of ticks outside the view keep their text but are not drawn.
+        boxes = [box for box in boxes if inside.x0 - 1 <= (box.x0 + box.x1) / 2 <= inside.x1 + 1]
+        assert boxes, "the FLOPs axis has no tick label"
+        for left, right in zip(boxes, boxes[1:], strict=False):
+            assert left.x1 <= right.x0, f"tick labels overlap on a {first:g}..{last:g} axis"
+    plt.close(fig)
+
+
+def test_periodicity_legend_short_labels(suite_tables):
+    from depthcurse.plots.interventions import plot_periodicity
+
+    table = suite_tables["a"]["periodicity"]
+    assert table["sequence"].str.contains("/").all(), "sequence names start with the model path"
+    fig = plot_periodicity(table)
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert [t.split(" (")[0] for t in texts] == ["attn", "mlp", "layer"]
+    assert fig.axes[0].get_title() == "a"
+
+
+def test_short_labels_drop_shared_parts():
+    from depthcurse.plots.layout import short_labels
+
+    names = ["/r/midas/step-3 | mean | attn", "/r/midas/step-3 | mean | mlp"]
+    assert short_labels(names) == ["attn", "mlp"]
+    assert short_labels(["x | mean | attn"]) == ["attn"]
+    assert short_labels(["a | attn", "b | attn"]) == ["a", "b"]
+
+
+def test_figure_descriptions_cover_registry():
+    from depthcurse.figures import _registry, describe_figure
+
+    for spec in _registry():
+        assert spec.heading, spec.name
+        assert spec.caption, spec.name
+        assert describe_figure(spec.name).caption == spec.caption
+    staged = describe_figure("lens-over-stage-midas-seed0")
+    assert staged.heading == "Logit and tuned lens"
+    assert staged.caption.startswith("midas-seed0, one line per checkpoint stage. ")
+    assert describe_figure("skip_effects-difference").caption.startswith("The two models")
+    assert describe_figure("unknown").heading == "Other figures"
+
+
+def test_legend_outside_gathers_panels():
+    from matplotlib.figure import Figure
+
+    from depthcurse.plots.layout import legend_outside
+
+    fig = Figure()
+    left, right = fig.subplots(1, 2)
+    left.plot([0, 1], [0, 1], label="text")
+    right.plot([0, 1], [1, 0], label="code")
+    right.plot([0, 1], [0, 0], label="text")
+    legend = legend_outside(right, gather=[left])
+    assert [t.get_text() for t in legend.get_texts()] == ["text", "code"]
+    assert left.get_legend() is None

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from depthcurse.cache import ResultCache, model_hash
-from depthcurse.stats import bootstrap_ci, mean_ci
+from depthcurse.stats import bootstrap_ci, mean_ci, ratio_ci
 
 
 def test_mean_ci_hand_computed():
@@ -24,6 +24,23 @@ def test_mean_ci_single_value_has_no_interval():
     assert estimate.value == 4.0
     assert math.isnan(estimate.low)
     assert "no interval" in estimate.format()
+
+
+def test_ratio_ci_hand_computed():
+    # log 0.5 and log 2 have mean 0 and sample sd log(4) / sqrt(2); n = 2, t(0.975, 1) = 12.706.
+    estimate = ratio_ci([0.5, 2.0])
+    half = 12.706205 * math.log(4) / math.sqrt(2) / math.sqrt(2)
+    assert estimate.value == pytest.approx(1.0)
+    assert estimate.low == pytest.approx(math.exp(-half), rel=1e-5)
+    assert estimate.high == pytest.approx(math.exp(half), rel=1e-5)
+    assert estimate.low > 0
+    assert mean_ci([0.5, 2.0]).low < 0
+
+
+def test_ratio_ci_rejects_non_positive():
+    with pytest.raises(ValueError, match=r"requires positive ratios, got \[0.0\]"):
+        ratio_ci([0.0, 1.0])
+    assert math.isnan(ratio_ci([2.0]).low)
 
 
 def test_bootstrap_ci_contains_point_and_narrows():

@@ -113,10 +113,14 @@ def test_reproduce_micro_recipe_end_to_end(tmp_path):
     allowed = ("supported", "not supported", "inconclusive", "partly supported")
     for text in findings["verdict"]:
         assert text.startswith(allowed), text
-    # Each finding's number is the mean of its per-seed values.
+    # Each finding's number is the mean of its per-seed values (geometric for ratios).
     for row in findings.itertuples():
         values = [float(v) for v in row.per_seed.split(", ")]
-        assert math.isclose(row.value, sum(values) / len(values), rel_tol=1e-3)
+        if row.finding.startswith("curse_of_depth"):
+            expected = math.exp(sum(math.log(v) for v in values) / len(values))
+        else:
+            expected = sum(values) / len(values)
+        assert math.isclose(row.value, expected, rel_tol=1e-3)
 
     report = (out / "report.md").read_text()
     assert "## Findings" in report
@@ -180,7 +184,7 @@ def test_reproduce_resumes_interrupted_run(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_public_model_branch(tmp_path):
+def test_public_model_branch(tmp_path, capsys):
     import tomllib
 
     from depthcurse.findings import curse_of_depth
@@ -198,6 +202,8 @@ only = ["contributions"]
     recipe = parse_recipe(tomllib.loads(text))
     collector = TableCollector()
     row = analyse_public(recipe, tmp_path, collector, echo=lambda text: None)
+    # Not even transformers' GGUF bar writes carriage returns when stderr is not a terminal.
+    assert "\r" not in capsys.readouterr().err
     assert row["label"] == "SmolLM2-135M-Instruct (Q4_1, dequantized)"
     assert row["n_layers"] == 30
     assert "Q4_1" in row["note"]
@@ -246,7 +252,10 @@ def test_curse_of_depth_ratio_hand_computed():
     by_key = {f.key: f for f in findings}
     # All layers: (0.5 + 0.5) / (4 + 1) = 0.2 and 0.5 / 5 = 0.1.
     assert by_key["curse_of_depth/all"].per_seed == pytest.approx([0.2, 0.1])
-    assert by_key["curse_of_depth/all"].verdict == "supported"
+    # The seeds differ by a factor of 2, so on the log scale the 2-seed t interval
+    # (12.7 standard errors each side) reaches above 1.
+    assert by_key["curse_of_depth/all"].estimate.value == pytest.approx(math.sqrt(0.02))
+    assert by_key["curse_of_depth/all"].verdict == "inconclusive"
     # Layer 0 excluded: layers 1..3 split into [1] and [3]: 0.5 and 0.25.
     assert by_key["curse_of_depth/excluding_layer_0"].per_seed == pytest.approx([0.5, 0.25])
 
@@ -261,8 +270,168 @@ def test_loss_vs_compute_paired_by_seed():
                 rows.append({"variant": variant, "seed": seed, "kind": "eval", "step": step,
                              "loss": loss + (10 - step) * 0.1, "compute_fraction": fraction * share})
     curves = pd.DataFrame(rows)
-    [finding] = compute_findings(curves, "none", ["midas"])
+    end, same = compute_findings(curves, "none", ["midas"])
     # The same 0.1 gain in both seeds: a zero-width interval below 0.
-    assert finding.per_seed == pytest.approx([-0.1, -0.1])
-    assert finding.verdict == "supported"
-    assert "0.600 of the baseline's training FLOPs" in finding.statement
+    assert end.per_seed == pytest.approx([-0.1, -0.1])
+    assert end.verdict == "supported at end of training (lower loss)"
+    assert "0.600 of the baseline's training FLOPs" in end.statement
+    # At 0.6 of its compute the baseline is interpolated between steps 5 and 10.
+    assert same.subject == "midas, equal compute"
+    assert same.per_seed == pytest.approx([-0.5, -0.5])
+
+
+def _eval_curves(points: dict[str, list[list[tuple[float, float]]]]) -> pd.DataFrame:
+    """Build eval rows from {variant: per seed [(compute fraction, loss), ...]}."""
+    rows = []
+    for variant, seeds in points.items():
+        for seed, curve in enumerate(seeds):
+            for step, (fraction, loss) in enumerate(curve, start=1):
+                rows.append({"variant": variant, "seed": seed, "kind": "eval", "step": step,
+                             "loss": loss, "compute_fraction": fraction})
+    return pd.DataFrame(rows)
+
+
+def test_loss_verdicts_follow_their_intervals():
+    from depthcurse.findings import compute_findings
+
+    # End of training: differences -0.15 and +0.05, an interval around 0. At equal compute
+    # (0.5 of the baseline's FLOPs) the baseline is at 5.5 and 5.91: differences -0.65
+    # and -0.66, an interval far below 0.
+    curves = _eval_curves({
+        "none": [[(0.5, 5.5), (1.0, 5.0)], [(0.5, 5.91), (1.0, 5.2)]],
+        "midas": [[(0.25, 6.0), (0.5, 4.85)], [(0.25, 6.1), (0.5, 5.25)]],
+    })
+    end, same = compute_findings(curves, "none", ["midas"])
+
+    assert end.per_seed == pytest.approx([-0.15, 0.05])
+    assert end.estimate.low < 0 < end.estimate.high
+    assert end.verdict == "inconclusive at end of training (the interval contains 0)"
+    assert same.per_seed == pytest.approx([-0.65, -0.66])
+    assert same.estimate.high < 0
+    assert same.verdict == "supported at equal compute (lower loss)"
+    # Each statement prints only the interval its verdict reads.
+    assert _fmt_interval(same.estimate) in same.statement
+    assert _fmt_interval(same.estimate) not in end.statement
+    assert _fmt_interval(end.estimate) in end.statement
+
+
+def _fmt_interval(estimate: Estimate) -> str:
+    return f"[{estimate.low:.3g}, {estimate.high:.3g}]"
+
+
+def test_ratio_interval_stays_positive():
+    from depthcurse.findings import curse_of_depth
+
+    models = synthetic_models(["none-seed0", "none-seed1"])
+    # Second half / first half: 0.4 / 2 = 0.2 and 3 / 2 = 1.5.
+    per_model = {"none-seed0": [1.0, 1.0, 0.2, 0.2], "none-seed1": [1.0, 1.0, 1.5, 1.5]}
+    rows = [
+        {"model": label, "layer": layer, "metric": "layer", "statistic": "mean", "value": value,
+         "step": 10}
+        for label, values in per_model.items()
+        for layer, value in enumerate(values)
+    ]
+    findings = curse_of_depth({"contributions": pd.DataFrame(rows)}, models, "none")
+    finding = next(f for f in findings if f.key == "curse_of_depth/all")
+
+    assert finding.per_seed == pytest.approx([0.2, 1.5])
+    assert mean_ci([0.2, 1.5]).low < 0, "the plain t interval of these ratios crosses 0"
+    assert finding.estimate.low > 0
+    assert finding.estimate.value == pytest.approx(math.sqrt(0.2 * 1.5))
+    assert finding.verdict == "inconclusive"
+    assert "geometric mean over seeds" in finding.statement
+
+
+def test_suite_draws_no_bars_without_terminal(tiny_checkpoints, tiny_suite_options, capsys):
+    import depthcurse
+    from depthcurse.suite import run_suite
+
+    model = depthcurse.load(tiny_checkpoints["a"])
+    run_suite(model, only=["skip_effects", "perturbations"], options=tiny_suite_options)
+    # Under pytest stderr is a capture buffer, not a terminal, like a redirected log.
+    assert "\r" not in capsys.readouterr().err
+
+
+def test_public_progress_estimates_time_left(tiny_checkpoints, tiny_suite_options, tmp_path):
+    import depthcurse
+    from depthcurse.cache import model_hash
+    from depthcurse.study import RecordingCache, SuiteProgress
+    from depthcurse.suite import run_suite
+
+    model = depthcurse.load(tiny_checkpoints["a"])
+    names = ("perturbations", "pruning", "symmetry")
+    cache = RecordingCache(tmp_path / "cache")
+
+    def run() -> list[str]:
+        lines: list[str] = []
+        progress = SuiteProgress("public model", names, cache, lines.append)
+        run_suite(model, only=names, options=tiny_suite_options, cache=cache,
+                  model_digest=model_hash(tiny_checkpoints["a"]), progress=progress)
+        progress.finish()
+        return lines
+
+    lines = run()
+    assert lines[0].startswith("[public model] perturbations (")
+    assert lines[0].endswith(" s so far)")
+    estimates = [line for line in lines if line.endswith("min left (estimate)")]
+    # Perturbations weigh 3.2 of 3.5 cost units: 91% done after the first analysis.
+    assert estimates[0].startswith("[public model] 91% done; about ")
+    assert lines[-1] == "[public model] done"
+    assert cache.read == set()
+
+    # A rerun reads every table from the cache: nothing is timed, so nothing is estimated.
+    lines = run()
+    assert cache.read == set(names)
+    assert not any("min left" in line for line in lines)
+    assert lines[-1] == "[public model] done"
+
+
+def test_report_groups_figures_under_headings(tmp_path):
+    from types import SimpleNamespace
+
+    from depthcurse.findings import depth_score_findings
+    from depthcurse.report import write_report
+
+    models = synthetic_models(["none-seed0", "none-seed1", "midas-seed0", "midas-seed1"])
+    scores = {"none-seed0": 1.0, "none-seed1": 1.1, "midas-seed0": 1.5, "midas-seed1": 1.6}
+    depth = pd.DataFrame([
+        {"model": label, "prompt_set": "validation", "source": "layer_effect", "value": value,
+         "step": 10}
+        for label, value in scores.items()
+    ])
+    findings = depth_score_findings({"depth_score": depth}, models, "none", ["midas"])
+    stems = ["skip_effects-none-seed0", "output_change-none-seed0", "contributions-over-step-midas-seed0",
+             "depth_score-none-seed0", "contributions", "residual_norms", "skip_effects-difference"]
+    (tmp_path / "figures").mkdir()
+    pngs = []
+    for stem in stems:
+        pngs.append(tmp_path / "figures" / f"{stem}.png")
+        pngs[-1].write_bytes(b"not a real png")
+    recipe = SimpleNamespace(name="micro", path=None, description="", variants=["none", "midas"],
+                             baseline="none", seeds=[0, 1])
+    runs = [SimpleNamespace(label=label, status="trained") for label in scores]
+    report, page = write_report(tmp_path, recipe, runs, models, findings, pngs, "", {"all": 60.0})
+
+    text = report.read_text()
+    findings_part, figures_part = text.split("## Figures")
+    # The depth score is defined where the report first shows it, with its range.
+    assert "centre of mass of the layer-skip effects" in findings_part
+    assert "L = 4 layers, so their scores run from 0 to 2" in findings_part
+    lines = figures_part.splitlines()
+    headings = [line for line in lines if line.startswith("### ")]
+    assert headings == ["### Residual stream norms", "### Relative contributions",
+                        "### Layer skipping", "### Depth score"]
+    images = [line for line in lines if line.startswith("![")]
+    assert [line.split("]")[0][2:] for line in images] == [
+        "residual_norms", "contributions", "contributions-over-step-midas-seed0",
+        "skip_effects-difference", "skip_effects-none-seed0", "output_change-none-seed0",
+        "depth_score-none-seed0",
+    ]
+    # Every figure has a one-line caption in italics right under it.
+    for index, line in enumerate(lines):
+        if line.startswith("!["):
+            assert lines[index + 2].startswith("*"), line
+            assert lines[index + 2].endswith("*"), line
+    assert "midas-seed0, one line per checkpoint step." in figures_part
+    assert "more use of depth" in figures_part
+    assert "<figcaption>Mean L2 norm of the residual stream" in page.read_text()

@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from depthcurse.plots.layout import legend_outside
+
 
 def relative_depth(table: pd.DataFrame, column: str = "layer") -> pd.Series:
     """Return `column` divided by each model's largest value of it, so every model spans 0 to 1."""
@@ -55,7 +57,7 @@ def plot_relative_depth(
         if log:
             ax.set_yscale("log")
     axes[0].set_ylabel(statistic)
-    axes[0].legend(fontsize=6)
+    legend_outside(axes[-1], fontsize=6)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from depthcurse.plots.layout import integer_ticks, legend_outside, short_labels
+
 
 def _require(table: pd.DataFrame, columns: set[str], producer: str) -> None:
     missing = columns - set(table.columns)
@@ -57,8 +59,9 @@ def plot_output_change(table: pd.DataFrame) -> Figure:
         group = rows[rows["part"] == part].sort_values("skip_layer")
         ax.bar(group["skip_layer"] + index * width, group["value"], width=width, label=part)
     ax.set_xlabel("skipped layer")
+    integer_ticks(ax.xaxis)
     ax.set_ylabel(f"output change norm ({statistic})")
-    ax.legend()
+    legend_outside(ax)
     return fig
 
 
@@ -143,15 +146,21 @@ def plot_periodicity(table: pd.DataFrame) -> Figure:
     _require(table, {"sequence", "lag", "metric", "value"}, "periodicity")
     fig = Figure(figsize=(6, 3), layout="constrained")
     ax = fig.subplots()
-    for name, group in table.groupby("sequence", sort=False):
+    groups = list(table.groupby("sequence", sort=False))
+    # Sequence names repeat the model's source path and statistic: keep the parts that differ.
+    names = short_labels([str(name) for name, _ in groups])
+    for name, (_, group) in zip(names, groups, strict=True):
         curve = group[group["metric"] == "autocorrelation"].sort_values("lag")
         period = group.loc[group["metric"] == "dominant_period", "value"]
         label = f"{name} (period {'none' if period.isna().all() else int(period.iloc[0])})"
         ax.plot(curve["lag"].astype(int), curve["value"], marker=".", label=label)
     ax.axhline(0, color="grey", linewidth=0.5)
     ax.set_xlabel("lag (layers)")
+    integer_ticks(ax.xaxis)
     ax.set_ylabel("autocorrelation")
-    ax.legend(fontsize="small")
+    if "model" in table.columns and table["model"].nunique() == 1:
+        ax.set_title(str(table["model"].iloc[0]))
+    legend_outside(ax, fontsize="small")
     return fig
 
 
@@ -166,7 +175,7 @@ def plot_symmetry(table: pd.DataFrame) -> Figure:
         ax.bar(np.arange(len(grid)) + index * width, grid[region], width=width, label=region)
     ax.set_xticks(np.arange(len(grid)), grid.index)
     ax.set_ylabel("‖S − JSJ‖ / ‖S‖")
-    ax.legend()
+    legend_outside(ax)
     return fig
 
 

@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
+from depthcurse.plots.layout import integer_ticks, legend_outside
 from depthcurse.plots.stream import caption
 
 LENS_METRICS = ("kl", "top5_overlap", "top1_agreement", "entropy", "accuracy", "loss")
@@ -27,7 +28,8 @@ def plot_lens(table: pd.DataFrame, metrics: tuple[str, ...] = LENS_METRICS) -> F
             ax.plot(group["layer"], group["value"], marker="o", markersize=3, label=label)
         ax.set_title(metric, fontsize=9)
         ax.set_xlabel("layer l (L = output)")
-    axes[0][0].legend(fontsize=7)
+        integer_ticks(ax.xaxis)
+    legend_outside(axes[0][-1], fontsize=7)
     fig.suptitle("Lens read-outs of h_l, final norm recomputed on h_l", fontsize=10)
     fig.text(0.5, 0.005, caption(table), ha="center", fontsize=7)
     fig.tight_layout(rect=(0, 0.05, 1, 1))

@@ -18,6 +18,8 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from depthcurse.plots.layout import integer_ticks, legend_outside, log_ticks
+
 
 def plot_evaluation(table: pd.DataFrame) -> Figure:
     """Draw accuracy against level with its interval: a panel per task, a colour per model, a line style per form."""
@@ -58,8 +60,9 @@ def plot_evaluation(table: pd.DataFrame) -> Figure:
         ax.set_xlabel("level")
         ax.set_xticks(sorted(rows["level"].unique()))
         ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=5)
     axes[0].set_ylabel("accuracy")
+    # Tasks may be asked in different forms, so gather the line styles of every panel.
+    legend_outside(axes[-1], gather=axes[:-1], fontsize=5)
     return fig
 
 
@@ -171,8 +174,10 @@ def plot_loss_vs_compute(table: pd.DataFrame) -> Figure:
         ax.set_xscale("log")
         ax.set_xlabel("training FLOPs")
         ax.set_title("training loss" if kind == "train" else "held-out loss", fontsize=8)
+    for ax in axes:
+        log_ticks(ax.xaxis)
     axes[0].set_ylabel("loss (nats/token)")
-    axes[0].legend(fontsize=6)
+    legend_outside(axes[-1], fontsize=6)
     return fig
 
 
@@ -201,6 +206,7 @@ def plot_over_stages(
                     markersize=2.5, label=f"{by} {point}")
         ax.set_title(metric, fontsize=8)
         ax.set_xlabel("layer l")
+        integer_ticks(ax.xaxis)
     axes[0].set_ylabel(statistic)
-    axes[-1].legend(fontsize=6)
+    legend_outside(axes[-1], fontsize=6)
     return fig

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
+from depthcurse.plots.layout import integer_ticks, legend_outside
+
 
 def caption(table: pd.DataFrame) -> str:
     """Return one line naming the conventions stored in a table's columns."""
@@ -48,10 +50,11 @@ def _lines_by_layer(
         label = metric if table["model"].nunique() == 1 else f"{model}: {metric}"
         ax.plot(group["layer"], group["value"], marker="o", markersize=3, label=label)
     ax.set_xlabel("layer l")
+    integer_ticks(ax.xaxis)
     ax.set_ylabel(ylabel)
     if log:
         ax.set_yscale("log")
-    ax.legend(fontsize=7)
+    legend_outside(ax, fontsize=7)
     ax.set_title(title, fontsize=10)
     fig.text(0.5, 0.005, caption(table), ha="center", fontsize=7)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
@@ -99,7 +102,7 @@ def plot_cosines(table: pd.DataFrame) -> Figure:
             color="red",
             label="undefined (zero vector)",
         )
-        ax.legend(fontsize=7)
+        legend_outside(ax, fontsize=7)
     ax.axhline(0.0, color="grey", linewidth=0.5)
     return fig
 
@@ -151,8 +154,9 @@ def plot_norms_over_run(
         )
     ax.set_yscale("log")
     ax.set_xlabel("layer l")
+    integer_ticks(ax.xaxis)
     ax.set_ylabel(f"{statistic} {metric}")
-    ax.legend(fontsize=7)
+    legend_outside(ax, fontsize=7)
     ax.set_title("Residual norms over training", fontsize=10)
     fig.text(0.5, 0.005, caption(table), ha="center", fontsize=7)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
@@ -180,7 +184,7 @@ def plot_copy_divergence(table: pd.DataFrame, metric: str = "cosine") -> Figure:
         ax.set_title(module, fontsize=9)
         ax.set_xlabel("step")
     axes[0][0].set_ylabel(metric)
-    axes[0][-1].legend(fontsize=6)
+    legend_outside(axes[0][-1], fontsize=6)
     fig.suptitle("Copied layers against their sources", fontsize=10)
     fig.tight_layout()
     return fig
