@@ -70,7 +70,12 @@ from depthcurse.growth import (  # noqa: E402
     stage_lengths,
     transfer_optimizer_state,
 )
-from depthcurse.hardware import device_description, peak_flops, physical_cores  # noqa: E402
+from depthcurse.hardware import (  # noqa: E402
+    device_description,
+    peak_flops,
+    physical_cores,
+    retain_freed_memory,
+)
 from depthcurse.model import DepthcurseLM  # noqa: E402
 from depthcurse.train_config import (  # noqa: E402, F401 (TrainConfig helpers are part of this API)
     TrainConfig,
@@ -150,16 +155,20 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """Return AdamW with weight decay on matrices only (not on norm gains)."""
+    """Return AdamW with weight decay on matrices only (not on norm gains).
+
+    The fused implementation is used on CPU as well as CUDA (torch 2.13 has
+    both): it updates each tensor in one kernel instead of several elementwise ops.
+    """
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    extra = {"fused": True} if device.type == "cuda" else {}
+    fused = device.type in ("cpu", "cuda")
     return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, **extra
+        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=fused or None
     )
 
 
@@ -271,6 +280,7 @@ class Runtime:
     threads: int
     autocast_dtype: torch.dtype | None
     compile: bool
+    retains_freed_memory: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -324,7 +334,9 @@ def start_runtime(cfg: TrainConfig) -> Runtime:
     else:
         autocast = torch.bfloat16 if cfg.dtype == "bfloat16" else None
     use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
-    return Runtime(device, rank, local_rank, world, threads, autocast, use_compile)
+    # On CPU, activations are malloc'd afresh every step; see retain_freed_memory.
+    retains = retain_freed_memory() if device.type == "cpu" else False
+    return Runtime(device, rank, local_rank, world, threads, autocast, use_compile, retains)
 
 
 def _all_reduce_mean(value: torch.Tensor, runtime: Runtime) -> torch.Tensor:
@@ -719,7 +731,7 @@ def run_header(trainer: Trainer) -> list[str]:
         f"python {sys.version.split()[0]}",
         f"device {device_description(rt.device)} | processes {rt.world_size} | threads {rt.threads} | "
         f"autocast {rt.autocast_dtype or 'off'} | compile {'on' if rt.compile else 'off'} | "
-        f"deterministic {cfg.deterministic}",
+        f"deterministic {cfg.deterministic} | malloc keeps freed memory {rt.retains_freed_memory}",
         f"config {json.dumps(cfg.to_dict())}",
         f"model {json.dumps(model_cfg.to_dict())} ({model_cfg.param_count():,} parameters at full depth)",
         f"data {trainer.data_dir}: {len(trainer.train_store):,} train and {len(trainer.val_store):,} val tokens",
