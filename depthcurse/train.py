@@ -12,7 +12,8 @@ A run folder contains
 - ``run.json``: the resolved `TrainConfig`, the model config, the stage plan
   and the versions that started the run;
 - ``metrics.jsonl``: one JSON object per line, ``kind`` = ``train`` (step,
-  tokens, loss, lr, grad_norm, tokens_per_s, mfu), ``eval`` (val_loss) or
+  tokens, loss, lr, grad_norm, tokens_per_s, mfu, step_cpu_s: the process's
+  CPU seconds per step, all threads), ``eval`` (val_loss) or
   ``growth`` (depth before and after, seconds the growth took);
 - ``train.log``: the text log;
 - ``checkpoints/step-XXXXXX/``: checkpoint folders (see `depthcurse.checkpoint`)
@@ -221,7 +222,7 @@ def latest_checkpoint(out: str | Path) -> Path | None:
 # Keys that may change when a run resumes: they do not change the trained weights.
 RESUME_MUTABLE = frozenset(
     {"eval_interval", "eval_batches", "checkpoint_interval", "log_interval", "device",
-     "compile", "threads", "peak_flops", "progress"}
+     "compile", "threads", "malloc_retain", "peak_flops", "progress"}
 )
 
 
@@ -335,7 +336,7 @@ def start_runtime(cfg: TrainConfig) -> Runtime:
         autocast = torch.bfloat16 if cfg.dtype == "bfloat16" else None
     use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
     # On CPU, activations are malloc'd afresh every step; see retain_freed_memory.
-    retains = retain_freed_memory() if device.type == "cpu" else False
+    retains = retain_freed_memory() if device.type == "cpu" and cfg.malloc_retain else False
     return Runtime(device, rank, local_rank, world, threads, autocast, use_compile, retains)
 
 
@@ -408,8 +409,12 @@ def open_data(cfg: TrainConfig, model_cfg: ModelConfig, runtime: Runtime) -> tup
 
 
 def new_window() -> dict[str, Any]:
-    """Return empty sums for one metrics line: loss, grad norm, steps, timed seconds and tokens."""
-    return {"loss": 0.0, "grad_norm": 0.0, "steps": 0, "time": 0.0, "tokens": 0}
+    """Return empty sums for one metrics line: loss, grad norm, steps, timed seconds and tokens.
+
+    ``time`` is wall-clock and ``cpu_time`` the process's CPU time, both over
+    the timed steps only.
+    """
+    return {"loss": 0.0, "grad_norm": 0.0, "steps": 0, "time": 0.0, "cpu_time": 0.0, "tokens": 0}
 
 
 @dataclass
@@ -813,11 +818,12 @@ def _fit(trainer: Trainer, log: RunLog) -> TrainResult:
             event = trainer.start_cooldown()
             log.record(event)
             log.line(f"step {trainer.step}: cooldown mix {event['weights']} ({event['tokens']} tokens)")
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         loss, grad_norm, lr = trainer.train_step()
         if rt.device.type == "cuda":
             torch.cuda.synchronize(rt.device)
         elapsed = time.perf_counter() - started
+        cpu_elapsed = time.process_time() - cpu_started
         trainer.step += 1
         trainer.tokens_seen += trainer.tokens_per_step
         window["loss"] += loss
@@ -825,6 +831,7 @@ def _fit(trainer: Trainer, log: RunLog) -> TrainResult:
         window["steps"] += 1
         if trainer.warm:  # the first step after torch.compile includes compile time
             window["time"] += elapsed
+            window["cpu_time"] += cpu_elapsed
             window["tokens"] += trainer.tokens_per_step
         trainer.warm = True
         if log.bar is not None:
@@ -855,6 +862,8 @@ def _fit(trainer: Trainer, log: RunLog) -> TrainResult:
 def _log_window(trainer: Trainer, log: RunLog, window: dict[str, Any], lr: float, peak: float | None) -> None:
     steps = window["steps"]
     tokens_per_s = window["tokens"] / window["time"] if window["time"] > 0 else None
+    timed_steps = window["tokens"] / trainer.tokens_per_step
+    step_cpu_s = window["cpu_time"] / timed_steps if timed_steps else None
     mfu = None
     if tokens_per_s is not None and peak:
         per_token = flops_per_token(trainer.model_cfg, trainer.model.n_layers, trainer.cfg.seq_len)
@@ -863,7 +872,7 @@ def _log_window(trainer: Trainer, log: RunLog, window: dict[str, Any], lr: float
         "kind": "train", "step": trainer.step, "tokens": trainer.tokens_seen,
         "stage": trainer.stage, "depth": trainer.model.n_layers,
         "loss": window["loss"] / steps, "lr": lr, "grad_norm": window["grad_norm"] / steps,
-        "tokens_per_s": tokens_per_s, "mfu": mfu,
+        "tokens_per_s": tokens_per_s, "mfu": mfu, "step_cpu_s": step_cpu_s,
     }
     log.record(record)
     speed = f"{tokens_per_s:,.0f} tok/s" if tokens_per_s is not None else "warming up"
