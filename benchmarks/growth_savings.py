@@ -1,4 +1,4 @@
-"""Compute of grown runs against the full-depth baseline at equal steps, on CPU.
+"""Time of grown runs against the full-depth baseline at equal steps, on CPU.
 
 Each method trains the same model for the same number of steps on random
 tokens; the grown runs start at one block and follow PROP-1. The table
@@ -10,8 +10,8 @@ over the repeats, so a load change on a shared machine hits all of them.
 
 Step times come from metrics.jsonl (log_interval=1: one record per step), so
 process start-up, evaluation and checkpoint writes are not counted. "CPU" is
-the trainer process's CPU time per step, which other jobs on a shared machine
-change far less than the wall-clock time, which is shown beside it.
+the trainer process's CPU time per step. Other jobs on a shared machine change
+it much less than the wall-clock time, which is shown beside it.
 
 The last line fits the grown runs' median CPU time per step against depth,
 t = fixed + per_layer * depth, and sets the fitted depth-independent cost
@@ -52,7 +52,7 @@ from depthcurse.growth import (  # noqa: E402
 
 
 def run(method: str, data: Path, out: Path, args: argparse.Namespace) -> dict[str, object]:
-    """Train one method; return wall and CPU step seconds, growth and process seconds."""
+    """Train one method and return its wall and CPU step seconds, growth and process seconds."""
     shutil.rmtree(out, ignore_errors=True)
     command = [
         sys.executable, "-m", "depthcurse", "train", "--preset", "tiny", "--growth", method,

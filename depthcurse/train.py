@@ -335,7 +335,7 @@ def start_runtime(cfg: TrainConfig) -> Runtime:
     else:
         autocast = torch.bfloat16 if cfg.dtype == "bfloat16" else None
     use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
-    # On CPU, activations are malloc'd afresh every step; see retain_freed_memory.
+    # On CPU, activations are allocated afresh every step, so keep freed memory for reuse.
     retains = retain_freed_memory() if device.type == "cpu" and cfg.malloc_retain else False
     return Runtime(device, rank, local_rank, world, threads, autocast, use_compile, retains)
 
