@@ -18,6 +18,13 @@ shows how much of the ratio comes from that setting alone. The table ends
 with the 1-minute load average sampled before each run, because the machine
 may be shared.
 
+On a shared machine the wall-clock rates swing with other jobs. --cpu-time
+also runs every trainer for CPU_SHORT_STEPS steps and reports CPU seconds per
+step: the difference of the child processes' CPU time (rusage) between the
+long and the short run, divided by the difference in steps. Start-up, the
+evaluation and the checkpoint cancel out, and other jobs change CPU time much
+less than wall-clock time.
+
 GPU mode (--gpu): `smollm-360m` at seq 2048 in bf16 with torch.compile,
 MIDAS growth from 28 to 32 layers half-way, on random tokens. Prints one
 table: tokens/s and MFU per stage (compile steps excluded) and the growth
@@ -35,6 +42,7 @@ import os
 import pickle
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -55,6 +63,13 @@ from depthcurse.growth import flops_per_token  # noqa: E402
 from depthcurse.hardware import cpu_peak_flops, device_description  # noqa: E402
 
 WARMUP_STEPS = 5  # steps dropped from each run's timings: allocator and cache warm-up
+CPU_SHORT_STEPS = 5  # steps of the short run that --cpu-time subtracts
+
+
+def children_cpu_seconds() -> float:
+    """Return the user + system CPU seconds of all finished child processes so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def write_random_tokens(folder: Path, vocab: int, count: int, seed: int = 0) -> np.ndarray:
@@ -134,16 +149,28 @@ def cpu_benchmark(args: argparse.Namespace) -> None:
             tokens[: len(tokens) // 10].astype(np.uint16).tofile(nanogpt / "data" / "dcbench" / "val.bin")
             with open(nanogpt / "data" / "dcbench" / "meta.pkl", "wb") as handle:
                 pickle.dump({"vocab_size": cfg.vocab_size}, handle)
-        ours, theirs, theirs_retain, loads = [], [], [], []
-        for _ in range(args.repeats):  # alternate, so load changes on a shared machine hit both
-            loads.append(os.getloadavg()[0])
-            ours += run_ours(scratch / "data", scratch / "run", args.steps, args.threads)
-            if nanogpt is not None:
+        trainers = {"ours": lambda n: run_ours(scratch / "data", scratch / "run", n, args.threads)}
+        if nanogpt is not None:
+            trainers["nanogpt"] = lambda n: run_nanogpt(nanogpt, n, args.threads, cfg)
+            if args.peer_malloc:
+                trainers["nanogpt_retain"] = lambda n: run_nanogpt(
+                    nanogpt, n, args.threads, cfg, retain_memory=True
+                )
+        speeds: dict[str, list[float]] = {name: [] for name in trainers}
+        cpu: dict[str, list[float]] = {name: [] for name in trainers}
+        loads = []
+        for _ in range(args.repeats):  # alternate, so load changes on a shared machine hit all
+            for name, run in trainers.items():
                 loads.append(os.getloadavg()[0])
-                theirs += run_nanogpt(nanogpt, args.steps, args.threads, cfg)
-            if nanogpt is not None and args.peer_malloc:
-                loads.append(os.getloadavg()[0])
-                theirs_retain += run_nanogpt(nanogpt, args.steps, args.threads, cfg, retain_memory=True)
+                if args.cpu_time:
+                    started = children_cpu_seconds()
+                    run(CPU_SHORT_STEPS)
+                    short = children_cpu_seconds() - started
+                speeds[name] += run(args.steps)
+                if args.cpu_time:
+                    long = children_cpu_seconds() - started - short
+                    cpu[name].append((long - short) / (args.steps - CPU_SHORT_STEPS))
+        ours, theirs, theirs_retain = (speeds.get(k, []) for k in ("ours", "nanogpt", "nanogpt_retain"))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -174,6 +201,15 @@ def cpu_benchmark(args: argparse.Namespace) -> None:
     if theirs_retain:
         print(f"ratio tokens/s ours/nanoGPT with the same malloc settings: "
               f"{rows[0][1] / rows[2][1]:.2f}x")
+    if args.cpu_time:
+        print(f"CPU time per step (median of {args.repeats}, long minus short run):")
+        ours_cpu = statistics.median(cpu["ours"])
+        labels = {"ours": "depthcurse train (tiny)", "nanogpt": "nanoGPT train.py",
+                  "nanogpt_retain": "nanoGPT, same malloc"}
+        for key, values in cpu.items():
+            value = statistics.median(values)
+            ratio = "" if key == "ours" else f"   speed ours/this: {value / ours_cpu:.2f}x"
+            print(f"  {labels[key]:<26}{1e3 * value:>8.0f} ms{ratio}")
     print(f"load average (1 min) before each run: min {min(loads):.1f}, "
           f"median {statistics.median(loads):.1f}, max {max(loads):.1f} on {os.cpu_count()} CPUs")
 
@@ -225,6 +261,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs per trainer (CPU)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for both trainers")
     parser.add_argument("--nanogpt", type=Path, default=None, help="folder of a nanoGPT checkout")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="also report CPU seconds per step from an extra short run (CPU)")
     parser.add_argument("--peer-malloc", action="store_true",
                         help="also run nanoGPT with our trainer's glibc malloc settings (CPU)")
     parser.add_argument("--gpu", action="store_true", help="smollm-360m on a CUDA device instead")
