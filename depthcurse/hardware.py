@@ -67,7 +67,7 @@ def retain_freed_memory() -> bool:
     above its mmap threshold (at most 32 MiB) with fresh mmap calls, and it
     trims free memory at the top of the heap. So every training step maps new
     pages and takes a page fault on first touch of each 4 KiB. For the `tiny` preset
-    at batch 16 x 256 that was about 70,000 faults and 14% of the step's CPU time,
+    at batch 16 x 256 that was about 70,000 faults and 13% of the step's CPU time,
     measured on a 2-core AMD EPYC VM with glibc 2.36. With mmap disabled and
     trimming off, the heap grows to the peak once and later steps reuse it.
 
