@@ -12,7 +12,7 @@ nanoGPT is not a dependency: pass the folder of a checkout of
 https://github.com/karpathy/nanoGPT with --nanogpt. Its `train.py`,
 `model.py` and `configurator.py` are copied into a temporary folder and run
 there, unmodified. Our trainer sets glibc's malloc to keep freed memory on
-CPU (`depthcurse.hardware.retain_freed_memory`); --peer-malloc adds a third
+CPU (`depthcurse.hardware.retain_freed_memory`). --peer-malloc adds a third
 row, nanoGPT run with the same malloc settings through GLIBC_TUNABLES, which
 shows how much of the ratio comes from that setting alone. The table ends
 with the 1-minute load average sampled before each run, because the machine
@@ -268,6 +268,8 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="smollm-360m on a CUDA device instead")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per step (GPU mode)")
     args = parser.parse_args()
+    if args.cpu_time and args.steps <= CPU_SHORT_STEPS:
+        parser.error(f"--cpu-time needs --steps above {CPU_SHORT_STEPS}, got {args.steps}")
     if args.gpu:
         gpu_benchmark(args)
     else:
