@@ -11,7 +11,19 @@ slightly (SwiGLU and grouped-query attention here, GELU and full attention there
 nanoGPT is not a dependency: pass the folder of a checkout of
 https://github.com/karpathy/nanoGPT with --nanogpt. Its `train.py`,
 `model.py` and `configurator.py` are copied into a temporary folder and run
-there, unmodified.
+there, unmodified. Our trainer sets glibc's malloc to keep freed memory on
+CPU (`depthcurse.hardware.retain_freed_memory`). --peer-malloc adds a third
+row, nanoGPT run with the same malloc settings through GLIBC_TUNABLES, which
+shows how much of the ratio comes from that setting alone. The table ends
+with the 1-minute load average sampled before each run, because the machine
+may be shared.
+
+On a shared machine the wall-clock rates swing with other jobs. --cpu-time
+also runs every trainer for CPU_SHORT_STEPS steps and reports CPU seconds per
+step: the difference of the child processes' CPU time (rusage) between the
+long and the short run, divided by the difference in steps. Start-up, the
+evaluation and the checkpoint cancel out, and other jobs change CPU time much
+less than wall-clock time.
 
 GPU mode (--gpu): `smollm-360m` at seq 2048 in bf16 with torch.compile,
 MIDAS growth from 28 to 32 layers half-way, on random tokens. Prints one
@@ -30,6 +42,7 @@ import os
 import pickle
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -50,6 +63,13 @@ from depthcurse.growth import flops_per_token  # noqa: E402
 from depthcurse.hardware import cpu_peak_flops, device_description  # noqa: E402
 
 WARMUP_STEPS = 5  # steps dropped from each run's timings: allocator and cache warm-up
+CPU_SHORT_STEPS = 5  # steps of the short run that --cpu-time subtracts
+
+
+def children_cpu_seconds() -> float:
+    """Return the user + system CPU seconds of all finished child processes so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def write_random_tokens(folder: Path, vocab: int, count: int, seed: int = 0) -> np.ndarray:
@@ -61,9 +81,16 @@ def write_random_tokens(folder: Path, vocab: int, count: int, seed: int = 0) -> 
     return tokens
 
 
-def env(threads: int) -> dict[str, str]:
+# glibc tunables equal to what retain_freed_memory sets with mallopt: no mmap,
+# and a trim threshold (1 TiB) that is never reached.
+RETAIN_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776"
+
+
+def env(threads: int, retain_memory: bool = False) -> dict[str, str]:
     values = dict(os.environ)
     values.update(OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=str(REPO))
+    if retain_memory:
+        values["GLIBC_TUNABLES"] = RETAIN_TUNABLES
     return values
 
 
@@ -83,7 +110,7 @@ def run_ours(data: Path, out: Path, steps: int, threads: int) -> list[float]:
     return speeds[WARMUP_STEPS:]
 
 
-def run_nanogpt(workdir: Path, steps: int, threads: int, cfg) -> list[float]:
+def run_nanogpt(workdir: Path, steps: int, threads: int, cfg, retain_memory: bool = False) -> list[float]:
     """Train nanoGPT's GPT of the tiny shape; return per-step tokens/s after warm-up."""
     command = [
         sys.executable, "train.py", "--dataset=dcbench", f"--n_layer={cfg.n_layers}",
@@ -93,7 +120,7 @@ def run_nanogpt(workdir: Path, steps: int, threads: int, cfg) -> list[float]:
         "--eval_iters=1", "--log_interval=1", "--dropout=0.0", "--bias=False",
         "--always_save_checkpoint=False", "--out_dir=out",
     ]
-    done = subprocess.run(command, cwd=workdir, env=env(threads), check=True,
+    done = subprocess.run(command, cwd=workdir, env=env(threads, retain_memory), check=True,
                           capture_output=True, text=True)
     times = [float(ms) for ms in re.findall(r"^iter \d+: .* time ([\d.]+)ms", done.stdout, re.M)]
     # nanoGPT's iteration 0 timer also spans its first evaluation; drop warm-up steps as for ours.
@@ -122,11 +149,28 @@ def cpu_benchmark(args: argparse.Namespace) -> None:
             tokens[: len(tokens) // 10].astype(np.uint16).tofile(nanogpt / "data" / "dcbench" / "val.bin")
             with open(nanogpt / "data" / "dcbench" / "meta.pkl", "wb") as handle:
                 pickle.dump({"vocab_size": cfg.vocab_size}, handle)
-        ours, theirs = [], []
-        for _ in range(args.repeats):  # alternate, so load changes on a shared machine hit both
-            ours += run_ours(scratch / "data", scratch / "run", args.steps, args.threads)
-            if nanogpt is not None:
-                theirs += run_nanogpt(nanogpt, args.steps, args.threads, cfg)
+        trainers = {"ours": lambda n: run_ours(scratch / "data", scratch / "run", n, args.threads)}
+        if nanogpt is not None:
+            trainers["nanogpt"] = lambda n: run_nanogpt(nanogpt, n, args.threads, cfg)
+            if args.peer_malloc:
+                trainers["nanogpt_retain"] = lambda n: run_nanogpt(
+                    nanogpt, n, args.threads, cfg, retain_memory=True
+                )
+        speeds: dict[str, list[float]] = {name: [] for name in trainers}
+        cpu: dict[str, list[float]] = {name: [] for name in trainers}
+        loads = []
+        for _ in range(args.repeats):  # alternate, so load changes on a shared machine hit all
+            for name, run in trainers.items():
+                loads.append(os.getloadavg()[0])
+                if args.cpu_time:
+                    started = children_cpu_seconds()
+                    run(CPU_SHORT_STEPS)
+                    short = children_cpu_seconds() - started
+                speeds[name] += run(args.steps)
+                if args.cpu_time:
+                    long = children_cpu_seconds() - started - short
+                    cpu[name].append((long - short) / (args.steps - CPU_SHORT_STEPS))
+        ours, theirs, theirs_retain = (speeds.get(k, []) for k in ("ours", "nanogpt", "nanogpt_retain"))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -137,6 +181,9 @@ def cpu_benchmark(args: argparse.Namespace) -> None:
     rows = [("depthcurse train (tiny)", statistics.median(ours), ours_fpt)]
     if theirs:
         rows.append(("nanoGPT train.py", statistics.median(theirs), nanogpt_flops_per_token(cfg, 256)))
+    if theirs_retain:
+        rows.append(("nanoGPT, same malloc", statistics.median(theirs_retain),
+                     nanogpt_flops_per_token(cfg, 256)))
     print(f"machine: {device_description(torch.device('cpu'))}, {args.threads} thread(s), "
           f"torch {torch.__version__}, python {platform.python_version()}")
     print(f"shape: 8 layers, d_model 128, 4 heads, seq 256, batch 16, vocab 4096, float32; "
@@ -151,6 +198,20 @@ def cpu_benchmark(args: argparse.Namespace) -> None:
               f"ratio FLOP/s: {rows[0][1] * rows[0][2] / (rows[1][1] * rows[1][2]):.2f}x")
     else:
         print("nanoGPT not run: pass --nanogpt PATH to a nanoGPT checkout for the comparison")
+    if theirs_retain:
+        print(f"ratio tokens/s ours/nanoGPT with the same malloc settings: "
+              f"{rows[0][1] / rows[2][1]:.2f}x")
+    if args.cpu_time:
+        print(f"CPU time per step (median of {args.repeats}, long minus short run):")
+        ours_cpu = statistics.median(cpu["ours"])
+        labels = {"ours": "depthcurse train (tiny)", "nanogpt": "nanoGPT train.py",
+                  "nanogpt_retain": "nanoGPT, same malloc"}
+        for key, values in cpu.items():
+            value = statistics.median(values)
+            ratio = "" if key == "ours" else f"   speed ours/this: {value / ours_cpu:.2f}x"
+            print(f"  {labels[key]:<26}{1e3 * value:>8.0f} ms{ratio}")
+    print(f"load average (1 min) before each run: min {min(loads):.1f}, "
+          f"median {statistics.median(loads):.1f}, max {max(loads):.1f} on {os.cpu_count()} CPUs")
 
 
 def gpu_benchmark(args: argparse.Namespace) -> None:
@@ -200,9 +261,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs per trainer (CPU)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for both trainers")
     parser.add_argument("--nanogpt", type=Path, default=None, help="folder of a nanoGPT checkout")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="also report CPU seconds per step from an extra short run (CPU)")
+    parser.add_argument("--peer-malloc", action="store_true",
+                        help="also run nanoGPT with our trainer's glibc malloc settings (CPU)")
     parser.add_argument("--gpu", action="store_true", help="smollm-360m on a CUDA device instead")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per step (GPU mode)")
     args = parser.parse_args()
+    if args.cpu_time and args.steps <= CPU_SHORT_STEPS:
+        parser.error(f"--cpu-time needs --steps above {CPU_SHORT_STEPS}, got {args.steps}")
     if args.gpu:
         gpu_benchmark(args)
     else:

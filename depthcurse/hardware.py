@@ -6,7 +6,10 @@ pool before torch starts it.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,35 @@ def physical_cores() -> int:
             return len(cpus)
         cores.add((package, core))
     return max(1, len(cores))
+
+
+# mallopt parameter numbers from glibc's <malloc.h>.
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+
+
+def retain_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of returning it to the kernel.
+
+    PyTorch allocates CPU tensors with malloc. By default glibc serves blocks
+    above its mmap threshold (at most 32 MiB) with fresh mmap calls, and it
+    trims free memory at the top of the heap. So every training step maps new
+    pages and takes a page fault on first touch of each 4 KiB. For the `tiny` preset
+    at batch 16 x 256 that was about 70,000 faults and 13% of the step's CPU time,
+    measured on a 2-core AMD EPYC VM with glibc 2.36. With mmap disabled and
+    trimming off, the heap grows to the peak once and later steps reuse it.
+
+    The setting lasts for the rest of the process, and its heap never shrinks.
+    Freed blocks are reused but fragment, so resident memory can grow to about
+    twice the default: 880 MB instead of 420 MB for a one-layer `tiny` model in
+    the same measurement. Returns False, changing nothing, where the C library
+    is not glibc.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    # mallopt returns 1 on success. A trim threshold of -1 turns trimming off.
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, -1))
 
 
 def cpu_peak_flops(threads: int) -> float | None:

@@ -81,14 +81,12 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.d_head).transpose(1, 2)
         v = self.v_proj(x).view(batch, seq, self.n_kv_heads, self.d_head).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if self.n_kv_heads != self.n_heads:
-            repeat = self.n_heads // self.n_kv_heads
-            k = k.repeat_interleave(repeat, dim=1)
-            v = v.repeat_interleave(repeat, dim=1)
+        # SDPA shares each key/value head among n_heads / n_kv_heads query heads itself.
+        gqa = self.n_kv_heads != self.n_heads
         if mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
 

@@ -12,7 +12,8 @@ A run folder contains
 - ``run.json``: the resolved `TrainConfig`, the model config, the stage plan
   and the versions that started the run;
 - ``metrics.jsonl``: one JSON object per line, ``kind`` = ``train`` (step,
-  tokens, loss, lr, grad_norm, tokens_per_s, mfu), ``eval`` (val_loss) or
+  tokens, loss, lr, grad_norm, tokens_per_s, mfu, step_cpu_s: the process's
+  CPU seconds per step, all threads), ``eval`` (val_loss) or
   ``growth`` (depth before and after, seconds the growth took);
 - ``train.log``: the text log;
 - ``checkpoints/step-XXXXXX/``: checkpoint folders (see `depthcurse.checkpoint`)
@@ -70,7 +71,12 @@ from depthcurse.growth import (  # noqa: E402
     stage_lengths,
     transfer_optimizer_state,
 )
-from depthcurse.hardware import device_description, peak_flops, physical_cores  # noqa: E402
+from depthcurse.hardware import (  # noqa: E402
+    device_description,
+    peak_flops,
+    physical_cores,
+    retain_freed_memory,
+)
 from depthcurse.model import DepthcurseLM  # noqa: E402
 from depthcurse.train_config import (  # noqa: E402, F401 (TrainConfig helpers are part of this API)
     TrainConfig,
@@ -150,16 +156,20 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """Return AdamW with weight decay on matrices only (not on norm gains)."""
+    """Return AdamW with weight decay on matrices only (not on norm gains).
+
+    The fused implementation is used on CPU as well as CUDA (torch 2.13 has
+    both): it updates each tensor in one kernel instead of several elementwise ops.
+    """
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    extra = {"fused": True} if device.type == "cuda" else {}
+    fused = device.type in ("cpu", "cuda")
     return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, **extra
+        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=fused or None
     )
 
 
@@ -212,7 +222,7 @@ def latest_checkpoint(out: str | Path) -> Path | None:
 # Keys that may change when a run resumes: they do not change the trained weights.
 RESUME_MUTABLE = frozenset(
     {"eval_interval", "eval_batches", "checkpoint_interval", "log_interval", "device",
-     "compile", "threads", "peak_flops", "progress"}
+     "compile", "threads", "malloc_retain", "peak_flops", "progress"}
 )
 
 
@@ -271,6 +281,7 @@ class Runtime:
     threads: int
     autocast_dtype: torch.dtype | None
     compile: bool
+    retains_freed_memory: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -324,7 +335,9 @@ def start_runtime(cfg: TrainConfig) -> Runtime:
     else:
         autocast = torch.bfloat16 if cfg.dtype == "bfloat16" else None
     use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
-    return Runtime(device, rank, local_rank, world, threads, autocast, use_compile)
+    # On CPU, activations are allocated afresh every step, so keep freed memory for reuse.
+    retains = retain_freed_memory() if device.type == "cpu" and cfg.malloc_retain else False
+    return Runtime(device, rank, local_rank, world, threads, autocast, use_compile, retains)
 
 
 def _all_reduce_mean(value: torch.Tensor, runtime: Runtime) -> torch.Tensor:
@@ -396,8 +409,12 @@ def open_data(cfg: TrainConfig, model_cfg: ModelConfig, runtime: Runtime) -> tup
 
 
 def new_window() -> dict[str, Any]:
-    """Return empty sums for one metrics line: loss, grad norm, steps, timed seconds and tokens."""
-    return {"loss": 0.0, "grad_norm": 0.0, "steps": 0, "time": 0.0, "tokens": 0}
+    """Return empty sums for one metrics line: loss, grad norm, steps, timed seconds and tokens.
+
+    ``time`` is wall-clock and ``cpu_time`` the process's CPU time, both over
+    the timed steps only.
+    """
+    return {"loss": 0.0, "grad_norm": 0.0, "steps": 0, "time": 0.0, "cpu_time": 0.0, "tokens": 0}
 
 
 @dataclass
@@ -719,7 +736,7 @@ def run_header(trainer: Trainer) -> list[str]:
         f"python {sys.version.split()[0]}",
         f"device {device_description(rt.device)} | processes {rt.world_size} | threads {rt.threads} | "
         f"autocast {rt.autocast_dtype or 'off'} | compile {'on' if rt.compile else 'off'} | "
-        f"deterministic {cfg.deterministic}",
+        f"deterministic {cfg.deterministic} | malloc keeps freed memory {rt.retains_freed_memory}",
         f"config {json.dumps(cfg.to_dict())}",
         f"model {json.dumps(model_cfg.to_dict())} ({model_cfg.param_count():,} parameters at full depth)",
         f"data {trainer.data_dir}: {len(trainer.train_store):,} train and {len(trainer.val_store):,} val tokens",
@@ -801,11 +818,12 @@ def _fit(trainer: Trainer, log: RunLog) -> TrainResult:
             event = trainer.start_cooldown()
             log.record(event)
             log.line(f"step {trainer.step}: cooldown mix {event['weights']} ({event['tokens']} tokens)")
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         loss, grad_norm, lr = trainer.train_step()
         if rt.device.type == "cuda":
             torch.cuda.synchronize(rt.device)
         elapsed = time.perf_counter() - started
+        cpu_elapsed = time.process_time() - cpu_started
         trainer.step += 1
         trainer.tokens_seen += trainer.tokens_per_step
         window["loss"] += loss
@@ -813,6 +831,7 @@ def _fit(trainer: Trainer, log: RunLog) -> TrainResult:
         window["steps"] += 1
         if trainer.warm:  # the first step after torch.compile includes compile time
             window["time"] += elapsed
+            window["cpu_time"] += cpu_elapsed
             window["tokens"] += trainer.tokens_per_step
         trainer.warm = True
         if log.bar is not None:
@@ -843,6 +862,8 @@ def _fit(trainer: Trainer, log: RunLog) -> TrainResult:
 def _log_window(trainer: Trainer, log: RunLog, window: dict[str, Any], lr: float, peak: float | None) -> None:
     steps = window["steps"]
     tokens_per_s = window["tokens"] / window["time"] if window["time"] > 0 else None
+    timed_steps = window["tokens"] / trainer.tokens_per_step
+    step_cpu_s = window["cpu_time"] / timed_steps if timed_steps else None
     mfu = None
     if tokens_per_s is not None and peak:
         per_token = flops_per_token(trainer.model_cfg, trainer.model.n_layers, trainer.cfg.seq_len)
@@ -851,7 +872,7 @@ def _log_window(trainer: Trainer, log: RunLog, window: dict[str, Any], lr: float
         "kind": "train", "step": trainer.step, "tokens": trainer.tokens_seen,
         "stage": trainer.stage, "depth": trainer.model.n_layers,
         "loss": window["loss"] / steps, "lr": lr, "grad_norm": window["grad_norm"] / steps,
-        "tokens_per_s": tokens_per_s, "mfu": mfu,
+        "tokens_per_s": tokens_per_s, "mfu": mfu, "step_cpu_s": step_cpu_s,
     }
     log.record(record)
     speed = f"{tokens_per_s:,.0f} tok/s" if tokens_per_s is not None else "warming up"

@@ -96,6 +96,10 @@ class TrainConfig:
     threads: int | None = None
     """CPU threads per process. None means OMP_NUM_THREADS when set, else 1 when deterministic,
     else the physical cores divided among the local processes."""
+    malloc_retain: bool = True
+    """On CPU, make glibc's malloc keep freed memory (no mmap, no heap trimming) so that later
+    steps reuse the same pages instead of faulting in new ones. The setting lasts for the rest
+    of the process and can double its resident memory (depthcurse.hardware.retain_freed_memory)."""
     peak_flops: float | None = None
     """Peak FLOP/s of one device for MFU; None looks the device up (see depthcurse.hardware)."""
     progress: bool = True

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import platform
 import random
 import signal
 import subprocess
@@ -224,8 +225,9 @@ def test_short_run_writes_run_folder(corpus, tmp_path):
     assert kinds.count("eval") == 2
     train_records = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train_records] == [3, 6, 9, 12]
-    for key in ("tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
+    for key in ("tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "step_cpu_s"):
         assert key in train_records[-1]
+    assert train_records[-1]["step_cpu_s"] > 0
     assert train_records[-1]["tokens"] == 12 * 4 * 32
     # One checkpoint closes each stage: step 4 (depth 2, before growth) and step 12 (depth 4).
     assert [step for step, _ in checkpoint_folders(out)] == [4, 12]
@@ -241,6 +243,8 @@ def test_short_run_writes_run_folder(corpus, tmp_path):
     assert log.startswith("depthcurse 0.1.0 | git ")
     assert f"torch {torch.__version__}" in log
     assert "device cpu" in log
+    retains = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert f"malloc keeps freed memory {retains}" in log
     assert '"growth": "midas"' in log  # the resolved config
     assert "compute: this schedule uses 0.8" in log  # printed before the first step
     assert log.index("compute:") < log.index("step 3/12")
@@ -521,3 +525,40 @@ def test_hardware_facts():
     assert 1 <= physical_cores() <= os.cpu_count()
     peak = cpu_peak_flops(2)
     assert peak is None or peak > 1e9  # any CPU in service does over 1 GFLOP/s per core
+
+
+# Run in a child process: the malloc settings last for the whole process.
+FAULT_PROBE = """
+import resource, sys, torch, torch.nn.functional as F
+from depthcurse.config import preset
+from depthcurse.hardware import retain_freed_memory
+from depthcurse.model import DepthcurseLM
+retained = retain_freed_memory() if sys.argv[1] == "retain" else False
+torch.manual_seed(0)
+model = DepthcurseLM(preset("tiny", n_layers=1))
+x = torch.randint(0, 4096, (16, 256))
+faults = []
+for _ in range(6):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    F.cross_entropy(model(x).flatten(0, 1), x.flatten()).backward()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(retained, max(faults[-2:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the malloc settings are glibc's")
+def test_retained_memory_not_faulted_again():
+    def probe(mode: str) -> tuple[str, int]:
+        done = subprocess.run([sys.executable, "-c", FAULT_PROBE, mode], env=cli_env(),
+                              check=True, capture_output=True, text=True)
+        retained, faults = done.stdout.split()
+        return retained, int(faults)
+
+    # The 64 MiB logits exceed glibc's largest mmap threshold (32 MiB), so by
+    # default every step maps them afresh: over 16,384 faults of 4 KiB pages.
+    assert probe("default")[1] > 16_000
+    retained, faults = probe("retain")
+    assert retained == "True"
+    # Once the heap has grown to the step's peak, later steps reuse its pages.
+    assert faults < 1_000
