@@ -31,7 +31,11 @@ from depthcurse.analyses.perturbations import (  # noqa: E402
     perturbations,
 )
 from depthcurse.analyses.pruning import pruning_metrics  # noqa: E402
-from depthcurse.analyses.skip_effects import skip_effect_arrays, skip_effects  # noqa: E402
+from depthcurse.analyses.skip_effects import (  # noqa: E402
+    skip_effect_arrays,
+    skip_effect_arrays_by_part,
+    skip_effects,
+)
 from depthcurse.analyses.surgery import layer_order, skipped  # noqa: E402
 from depthcurse.analyses.symmetry import mirror_asymmetry, symmetry_scores  # noqa: E402
 from depthcurse.checkpoint import save_checkpoint  # noqa: E402
@@ -188,6 +192,17 @@ def test_batched_equals_one_by_one(bridge, prompts):
     np.testing.assert_allclose(batched.output, single.output, atol=ENGINE_ATOL, rtol=0)
 
 
+def test_parts_sharing_clean_run_match_separate(bridge, prompts):
+    options = dict(mode="future", batch_size=2, n_positions=2, seed=5)
+    shared = skip_effect_arrays_by_part(bridge, prompts, parts=("layer", "attn", "mlp"), **options)
+    for part in ("layer", "attn", "mlp"):
+        alone = skip_effect_arrays(bridge, prompts, part=part, **options)
+        # Same clean run, positions and layer calls, so the arrays agree bit for bit.
+        np.testing.assert_array_equal(shared[part].effect, alone.effect)
+        np.testing.assert_array_equal(shared[part].output, alone.output)
+        assert shared[part].layer_forwards == alone.layer_forwards
+
+
 def test_skip_rejects_bad_input(bridge, prompts):
     with pytest.raises(ValueError, match="part"):
         skip_effects(bridge, prompts, parts="ffn")
@@ -322,6 +337,20 @@ def test_perturbations_table(bridge, prompts):
     kl = table[table["metric"] == "kl"]
     assert (kl["value"] >= -1e-7).all()
     assert kl["value"].max() > 1e-4
+
+
+def test_perturbations_prefix_matches_surgery(bridge, prompts):
+    fast = perturbations(bridge, prompts, n_shuffles=2, batch_size=3, progress=False)
+    reference = perturbations(
+        bridge, prompts, n_shuffles=2, batch_size=3, engine="surgery", progress=False
+    )
+    keys = ["level", "kind", "position", "order", "metric", "n_tokens"]
+    pd.testing.assert_frame_equal(fast[keys], reference[keys])
+    # The prefix engine starts from the clean residual instead of recomputing the layers
+    # before the change; the same float32 operations run, so only rounding may differ.
+    np.testing.assert_allclose(fast["value"], reference["value"], atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="engine"):
+        perturbations(bridge, prompts, engine="fast")
 
 
 # --- pruning and looping ----------------------------------------------------------------

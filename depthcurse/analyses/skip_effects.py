@@ -195,11 +195,16 @@ def _prefix_batch(
     per_logits = max(1, min(per_forward, LOGIT_BUDGET // clean.logits[..., 0].numel() // vocab))
 
     def finish(chunk: list[tuple[int, int]], finals: list[Tensor]) -> None:
+        # Only measured positions are unembedded: in future mode that is about half of them.
         for start in range(0, len(chunk), per_logits):
             part_chunk = chunk[start : start + per_logits]
-            logits = stack.logits(torch.cat(finals[start : start + per_logits]))
-            change = _output_change(logits, clean_probs, len(part_chunk))
-            reduced = _reduce(change, measure[[k for _, k in part_chunk]], reduction)
+            masks = measure[[k for _, k in part_chunk]]
+            selected = torch.cat(finals[start : start + per_logits]).unflatten(0, masks.shape[:2])
+            probs = torch.softmax(stack.logits(selected[masks]).float(), dim=-1)
+            probs.sub_(clean_probs.expand(len(part_chunk), -1, -1, -1)[masks])
+            change = torch.zeros(masks.shape, device=device)
+            change[masks] = probs.norm(dim=-1)
+            reduced = _reduce(change, masks, reduction)
             for row, (s, k) in enumerate(part_chunk):
                 output[k, s] = reduced[row].cpu()
 
@@ -339,31 +344,85 @@ def skip_effect_arrays(
     shows a progress bar over batches on stderr.
     """
     _check_choice("part", part, PARTS)
+    return skip_effect_arrays_by_part(
+        model,
+        prompts,
+        parts=(part,),
+        mode=mode,
+        reduction=reduction,
+        local=local,
+        n_positions=n_positions,
+        position_grid=position_grid,
+        seed=seed,
+        engine=engine,
+        batch_size=batch_size,
+        max_rows=max_rows,
+        progress=progress,
+    )[part]
+
+
+def skip_effect_arrays_by_part(
+    model: Any,
+    prompts: Any,
+    *,
+    parts: tuple[str, ...] = PARTS,
+    mode: str = "current",
+    reduction: str = "max",
+    local: bool = False,
+    n_positions: int = 4,
+    position_grid: tuple[int, int, int] = (8, 8, 4),
+    seed: int = 123,
+    engine: str = "prefix",
+    batch_size: int = 8,
+    max_rows: int = 64,
+    progress: bool = True,
+) -> dict[str, SkipArrays]:
+    """Compute `skip_effect_arrays` for several parts, sharing each batch's clean run.
+
+    The arrays equal separate `skip_effect_arrays` calls: every part sees the same
+    future-mode positions, because those are drawn from `seed` once per batch.
+    Each part's `layer_forwards` includes the shared clean run, as if it ran alone.
+    """
+    for part in parts:
+        _check_choice("part", part, PARTS)
     _check_choice("mode", mode, MODES)
     _check_choice("reduction", reduction, REDUCTIONS)
     _check_choice("engine", engine, ENGINES)
     rng = np.random.default_rng(seed)
-    effects, outputs, forwards, n_layers = [], [], 0.0, 0
+    effects: dict[str, list[np.ndarray]] = {part: [] for part in parts}
+    outputs: dict[str, list[np.ndarray]] = {part: [] for part in parts}
+    forwards = dict.fromkeys(parts, 0.0)
+    n_layers = 0
     batches = batches_of(prompts, batch_size)
-    description = f"skip effects ({part}, {mode}{', local' if local else ''})"
+    description = f"skip effects ({','.join(parts)}, {mode}{', local' if local else ''})"
+    # Reduce over the t variants (axis 0) the same way as over positions.
+    reduce = np.nanmax if reduction == "max" else np.nanmean
     for tokens, attention_mask in tqdm(batches, desc=description, disable=not progress):
         stack = LayerStack(model, tokens, attention_mask)
         n_layers = stack.n_layers
         skip, measure = _masks(attention_mask, mode, rng, n_positions, position_grid)
         clean = clean_run(stack)
-        if engine == "prefix":
-            effect, output = _prefix_batch(
-                stack, clean, part, local, skip, measure, reduction, max_rows
-            )
-        else:
-            effect, output = _naive_batch(model, stack, clean, part, local, skip, measure, reduction)
-        forwards += stack.layer_forwards
-        # Reduce over the t variants (axis 0) the same way as over positions.
-        reduce = np.nanmax if reduction == "max" else np.nanmean
-        with quiet_nan_warnings():
-            effects.append(np.moveaxis(reduce(effect.numpy(), axis=0), -1, 0))
-            outputs.append(np.moveaxis(reduce(output.numpy(), axis=0), -1, 0))
-    return SkipArrays(np.concatenate(effects), np.concatenate(outputs), forwards, n_layers)
+        clean_forwards = stack.layer_forwards
+        for part in parts:
+            stack.layer_forwards = 0.0
+            if engine == "prefix":
+                effect, output = _prefix_batch(
+                    stack, clean, part, local, skip, measure, reduction, max_rows
+                )
+            else:
+                effect, output = _naive_batch(
+                    model, stack, clean, part, local, skip, measure, reduction
+                )
+            forwards[part] += clean_forwards + stack.layer_forwards
+            with quiet_nan_warnings():
+                effects[part].append(np.moveaxis(reduce(effect.numpy(), axis=0), -1, 0))
+                outputs[part].append(np.moveaxis(reduce(output.numpy(), axis=0), -1, 0))
+    return {
+        part: SkipArrays(
+            np.concatenate(effects[part]), np.concatenate(outputs[part]), forwards[part], n_layers
+        )
+        for part in parts
+    }
 
 
 def skip_effects(
@@ -389,24 +448,22 @@ def skip_effects(
     over prompts ("max", "mean").
     """
     parts = (parts,) if isinstance(parts, str) else tuple(parts)
-    frames = []
-    for part in parts:
-        arrays = skip_effect_arrays(
-            model,
-            prompts,
-            part=part,
-            mode=mode,
-            reduction=reduction,
-            local=local,
-            n_positions=n_positions,
-            position_grid=position_grid,
-            seed=seed,
-            engine=engine,
-            batch_size=batch_size,
-            max_rows=max_rows,
-            progress=progress,
-        )
-        frames.append(skip_table(arrays, part=part))
+    by_part = skip_effect_arrays_by_part(
+        model,
+        prompts,
+        parts=parts,
+        mode=mode,
+        reduction=reduction,
+        local=local,
+        n_positions=n_positions,
+        position_grid=position_grid,
+        seed=seed,
+        engine=engine,
+        batch_size=batch_size,
+        max_rows=max_rows,
+        progress=progress,
+    )
+    frames = [skip_table(by_part[part], part=part) for part in parts]
     table = pd.concat(frames, ignore_index=True)
     table.insert(0, "model", model_label(model))
     table.insert(1, "prompt_set", prompt_set_name(prompts))
