@@ -369,6 +369,55 @@ def test_pruning_metrics_on_zero_layer(bridge, prompts):
     assert angle["value"].between(0, 1).all()
 
 
+def test_pruning_reuses_skip_runs(bridge, prompts):
+    separate = pruning_metrics(bridge, prompts, batch_size=3)
+    arrays = skip_effect_arrays_by_part(
+        bridge, prompts, parts=("layer", "mlp"), batch_size=3, removal_nll=True, progress=False
+    )["layer"]
+    assert arrays.removal_nll.shape == (N_LAYERS,)
+    shared = pruning_metrics(bridge, prompts, batch_size=3, skip_arrays=arrays)
+    pd.testing.assert_frame_equal(shared.drop(columns="value"), separate.drop(columns="value"))
+    # The skip engine stacks runs along the batch, so its matmuls round differently.
+    np.testing.assert_allclose(shared["value"], separate["value"], atol=1e-6, rtol=1e-6)
+    removed = shared[shared["metric"] == "delta_nll_remove"]["value"]
+    assert removed.abs().max() > 1e-3
+
+
+def test_removal_nll_rejects_other_runs(bridge, prompts):
+    with pytest.raises(ValueError, match="removal_nll"):
+        skip_effect_arrays_by_part(bridge, prompts, mode="future", removal_nll=True)
+    with pytest.raises(ValueError, match="removal_nll"):
+        skip_effect_arrays_by_part(bridge, prompts, parts=("attn",), removal_nll=True)
+    without = skip_effect_arrays(bridge, prompts, progress=False)
+    with pytest.raises(ValueError, match="removal_nll=True"):
+        pruning_metrics(bridge, prompts, skip_arrays=without)
+    shorter = PromptSet("shorter", prompts.prompts[:2])
+    arrays = skip_effect_arrays_by_part(
+        bridge, shorter, parts=("layer",), removal_nll=True, progress=False
+    )["layer"]
+    with pytest.raises(ValueError, match="same model and prompts"):
+        pruning_metrics(bridge, prompts, skip_arrays=arrays)
+
+
+def test_suite_shares_skip_runs_with_pruning(bridge, prompts):
+    from depthcurse.suite import SuiteOptions, run_suite
+
+    options = SuiteOptions(skip_parts=("layer", "attn"), batch_size=3)
+    together = run_suite(bridge, prompts, only=["skip_effects", "pruning"], options=options)
+    alone = {
+        name: run_suite(bridge, prompts, only=[name], options=options)[name]
+        for name in ("skip_effects", "pruning")
+    }
+    pd.testing.assert_frame_equal(together["skip_effects"], alone["skip_effects"])
+    pd.testing.assert_frame_equal(
+        together["pruning"].drop(columns="value"), alone["pruning"].drop(columns="value")
+    )
+    # Pruning's removals come from the stacked skip runs here: equal up to rounding.
+    np.testing.assert_allclose(
+        together["pruning"]["value"], alone["pruning"]["value"], atol=1e-6, rtol=1e-6
+    )
+
+
 def test_loop_block_single_pass_is_clean(bridge, prompts):
     calls = []
 

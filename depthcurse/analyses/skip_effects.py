@@ -54,6 +54,7 @@ from depthcurse.analyses.engine import (
     clean_run,
     model_label,
     model_note,
+    prediction_mask,
     prompt_set_name,
     quiet_nan_warnings,
 )
@@ -78,6 +79,12 @@ class SkipArrays:
     output: np.ndarray
     layer_forwards: float
     n_layers: int
+    removal_nll: np.ndarray | None = None
+    """Per skipped layer s, the next-token NLL (nats) summed over all scored positions of
+    all prompts (next token real, position 0 excluded) with Δ_s = 0 at positions 1..n−1:
+    the NLL of removing layer s. Present for part "layer" in current mode only, on request."""
+    n_scored: int = 0
+    """Number of scored positions behind `removal_nll`."""
 
 
 def future_positions(
@@ -170,7 +177,13 @@ def _prefix_batch(
     measure: Tensor,
     reduction: str,
     max_rows: int,
+    removal_nll: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
+    """Compute one batch's effects with the prefix engine.
+
+    With `removal_nll` (float64, one entry per layer), also add each skipped run's
+    next-token NLL summed over the scored positions, read from the same logits.
+    """
     n_layers, batch = stack.n_layers, stack.batch
     n_k = skip.shape[0]
     device = clean.logits.device
@@ -200,7 +213,10 @@ def _prefix_batch(
             part_chunk = chunk[start : start + per_logits]
             masks = measure[[k for _, k in part_chunk]]
             selected = torch.cat(finals[start : start + per_logits]).unflatten(0, masks.shape[:2])
-            probs = torch.softmax(stack.logits(selected[masks]).float(), dim=-1)
+            logits = stack.logits(selected[masks]).float()
+            if removal_nll is not None:
+                _add_removal_nll(removal_nll, logits, masks, stack, [s for s, _ in part_chunk])
+            probs = torch.softmax(logits, dim=-1)
             probs.sub_(clean_probs.expand(len(part_chunk), -1, -1, -1)[masks])
             change = torch.zeros(masks.shape, device=device)
             change[masks] = probs.norm(dim=-1)
@@ -236,6 +252,27 @@ def _prefix_batch(
                 active = [(v, h) for (v, _), h in zip(active, outputs.split(batch), strict=True)]
             finish([v for v, _ in active], [h for _, h in active])
     return effect, output
+
+
+def _add_removal_nll(
+    totals: Tensor, logits: Tensor, masks: Tensor, stack: LayerStack, layers: list[int]
+) -> None:
+    """Add the summed next-token NLL of each run to `totals[layer]`.
+
+    `logits` holds the rows of the positions in `masks` (runs × batch × pos), which
+    include every scored position: the next token is real and the position is not 0.
+    """
+    rows = masks.shape[0]
+    next_tokens = torch.zeros_like(stack.tokens)
+    next_tokens[:, :-1] = stack.tokens[:, 1:]
+    scored = prediction_mask(stack.attention_mask, exclude_pos0=True)
+    log_probs = torch.log_softmax(logits, dim=-1)
+    picked = next_tokens.expand(rows, -1, -1)[masks]
+    nll = torch.zeros(masks.shape, dtype=torch.float32, device=logits.device)
+    nll[masks] = -log_probs.gather(-1, picked[:, None])[:, 0]
+    nll = nll * scored
+    for row, layer in enumerate(layers):
+        totals[layer] += float(nll[row].sum())
 
 
 def _local_input(clean: CleanRun, j: int, s: int, part: str, skip: Tensor) -> Tensor:
@@ -376,23 +413,35 @@ def skip_effect_arrays_by_part(
     batch_size: int = 8,
     max_rows: int = 64,
     progress: bool = True,
+    removal_nll: bool = False,
 ) -> dict[str, SkipArrays]:
     """Compute `skip_effect_arrays` for several parts, sharing each batch's clean run.
 
     The arrays equal separate `skip_effect_arrays` calls: every part sees the same
     future-mode positions, because those are drawn from `seed` once per batch.
     Each part's `layer_forwards` includes the shared clean run, as if it ran alone.
+    `removal_nll=True` also fills `SkipArrays.removal_nll` of part "layer" from the
+    skipped runs' logits (prefix engine, current mode, not local), which
+    `pruning_metrics` can reuse instead of running every removal again.
     """
     for part in parts:
         _check_choice("part", part, PARTS)
     _check_choice("mode", mode, MODES)
     _check_choice("reduction", reduction, REDUCTIONS)
     _check_choice("engine", engine, ENGINES)
+    if removal_nll and (
+        "layer" not in parts or mode != "current" or local or engine != "prefix"
+    ):
+        raise ValueError(
+            "removal_nll=True needs part 'layer' in parts, mode='current', local=False and "
+            f"engine='prefix'; got parts={parts}, mode={mode!r}, local={local}, engine={engine!r}"
+        )
     rng = np.random.default_rng(seed)
     effects: dict[str, list[np.ndarray]] = {part: [] for part in parts}
     outputs: dict[str, list[np.ndarray]] = {part: [] for part in parts}
     forwards = dict.fromkeys(parts, 0.0)
-    n_layers = 0
+    n_layers, n_scored = 0, 0
+    removal_totals: Tensor | None = None
     batches = batches_of(prompts, batch_size)
     description = f"skip effects ({','.join(parts)}, {mode}{', local' if local else ''})"
     # Reduce over the t variants (axis 0) the same way as over positions.
@@ -403,11 +452,16 @@ def skip_effect_arrays_by_part(
         skip, measure = _masks(attention_mask, mode, rng, n_positions, position_grid)
         clean = clean_run(stack)
         clean_forwards = stack.layer_forwards
+        if removal_nll:
+            if removal_totals is None:
+                removal_totals = torch.zeros(n_layers, dtype=torch.float64)
+            n_scored += int(prediction_mask(stack.attention_mask, exclude_pos0=True).sum())
         for part in parts:
             stack.layer_forwards = 0.0
             if engine == "prefix":
                 effect, output = _prefix_batch(
-                    stack, clean, part, local, skip, measure, reduction, max_rows
+                    stack, clean, part, local, skip, measure, reduction, max_rows,
+                    removal_totals if part == "layer" else None,
                 )
             else:
                 effect, output = _naive_batch(
@@ -417,12 +471,16 @@ def skip_effect_arrays_by_part(
             with quiet_nan_warnings():
                 effects[part].append(np.moveaxis(reduce(effect.numpy(), axis=0), -1, 0))
                 outputs[part].append(np.moveaxis(reduce(output.numpy(), axis=0), -1, 0))
-    return {
+    result = {
         part: SkipArrays(
             np.concatenate(effects[part]), np.concatenate(outputs[part]), forwards[part], n_layers
         )
         for part in parts
     }
+    if removal_totals is not None:
+        result["layer"].removal_nll = removal_totals.numpy()
+        result["layer"].n_scored = n_scored
+    return result
 
 
 def skip_effects(
@@ -463,7 +521,27 @@ def skip_effects(
         max_rows=max_rows,
         progress=progress,
     )
-    frames = [skip_table(by_part[part], part=part) for part in parts]
+    return skip_effects_from_arrays(
+        model, prompts, by_part, mode=mode, reduction=reduction, local=local, engine=engine
+    )
+
+
+def skip_effects_from_arrays(
+    model: Any,
+    prompts: Any,
+    by_part: dict[str, SkipArrays],
+    *,
+    mode: str,
+    reduction: str = "max",
+    local: bool = False,
+    engine: str = "prefix",
+) -> pd.DataFrame:
+    """Return the `skip_effects` table of arrays already computed on `model` and `prompts`.
+
+    The keyword arguments must be those the arrays were computed with: they only
+    fill the table's columns.
+    """
+    frames = [skip_table(arrays, part=part) for part, arrays in by_part.items()]
     table = pd.concat(frames, ignore_index=True)
     table.insert(0, "model", model_label(model))
     table.insert(1, "prompt_set", prompt_set_name(prompts))
