@@ -110,7 +110,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     import depthcurse
-    from depthcurse.suite import SuiteOptions, run_suite, suite_prompts
+    from depthcurse.suite import SuiteOptions, suite_prompts
 
     names = list(PART1 + PART2) if args.only is None else args.only.split(",")
     options = SuiteOptions(
@@ -144,20 +144,19 @@ def main() -> None:
 
     # run_suite calls `progress(name)` as each analysis starts, so an analysis
     # runs from its own call to the next one (or to the return of run_suite).
-    marks: list[tuple[str, float, float]] = []
-    suite_start = time.perf_counter()
-    tables = run_suite(
-        model, prompts, only=names, options=options,
-        progress=lambda name: marks.append((name, time.perf_counter(), peak_rss_gib())),
-    )
-    suite_end = time.perf_counter()
-    ends = [(t, rss) for _, t, rss in marks[1:]] + [(suite_end, peak_rss_gib())]
-    analysis_seconds = {}
-    for (name, begin, _), (end, rss) in zip(marks, ends, strict=True):
-        analysis_seconds[name] = end - begin
-        # The first part-1 table also runs the shared collect_stream pass.
-        timings.append((f"suite: {name}", end - begin, rss))
-    suite = suite_end - suite_start
+    # Part 2 runs first, in its own run_suite call, so that its times are in
+    # hand first; the two parts share no intermediate results, so splitting the
+    # call changes no work.
+    analysis_seconds: dict[str, float] = {}
+    tables = {}
+    suite = 0.0
+    for part in (PART2, PART1):
+        requested = [name for name in names if name in part]
+        if requested:
+            seconds, part_tables = timed_suite(model, prompts, requested, options, timings)
+            analysis_seconds.update(seconds)
+            tables.update(part_tables)
+            suite += sum(seconds.values())
     timings.append(("**suite total (both parts)**", suite, peak_rss_gib()))
 
     if args.part1_breakdown:
@@ -184,6 +183,34 @@ def main() -> None:
     print(f"suite / plain forward pass: {suite / forward:.1f}x "
           f"(part 1 {part1 / forward:.1f}x, part 2 {part2 / forward:.1f}x)")
     print("rows per table: " + ", ".join(f"{name} {len(t)}" for name, t in tables.items()))
+
+
+def timed_suite(model, prompts, names, options, timings) -> tuple[dict[str, float], dict]:
+    """Run `run_suite` on `names`; append one timing row per analysis and print it at once."""
+    from depthcurse.suite import run_suite
+
+    marks: list[tuple[str, float, float]] = []
+    tables = run_suite(
+        model, prompts, only=names, options=options,
+        progress=lambda name: report_mark(marks, name),
+    )
+    report_mark(marks, None)
+    seconds = {}
+    for (name, begin, _), (_, end, rss) in zip(marks, marks[1:], strict=False):
+        seconds[name] = end - begin
+        # The first part-1 table also runs the shared collect_stream pass.
+        timings.append((f"suite: {name}", end - begin, rss))
+    return seconds, tables
+
+
+def report_mark(marks: list, name: str | None) -> None:
+    """Record the start of analysis `name` (None: the end) and print the one before it."""
+    now, rss = time.perf_counter(), peak_rss_gib()
+    if marks:
+        previous, begin, _ = marks[-1]
+        print(f"done: {previous} in {now - begin:.1f} s, peak RSS {rss:.2f} GiB, "
+              f"load average {load_average()}", flush=True)
+    marks.append((name, now, rss))
 
 
 def part1_breakdown(model, options, prompts, record) -> None:

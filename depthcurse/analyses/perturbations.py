@@ -177,10 +177,12 @@ class CleanReference:
 
     def compare(self, perturbed: torch.Tensor) -> dict[str, tuple[float, int]]:
         """Return summed metrics of `perturbed` logits and the scored-position count."""
-        nll_perturbed, _ = next_token_nll(
-            perturbed, self.tokens, self.attention_mask, exclude_pos0=self.exclude_pos0
-        )
+        # The NLL is read from log_q: what `next_token_nll` computes, without a second
+        # log-softmax over the vocabulary.
         log_q = torch.log_softmax(perturbed.float(), dim=-1)
+        nll_perturbed = torch.zeros(self.tokens.shape, dtype=torch.float32, device=log_q.device)
+        nll_perturbed[:, :-1] = -log_q[:, :-1].gather(-1, self.tokens[:, 1:, None])[..., 0]
+        nll_perturbed = nll_perturbed * self.mask
         kl = (self.p * (self.log_p - log_q)).sum(-1)
         agree = (self.top1 == perturbed.argmax(-1)).float()
         mask = self.mask
