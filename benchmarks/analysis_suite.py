@@ -144,9 +144,9 @@ def main() -> None:
 
     # run_suite calls `progress(name)` as each analysis starts, so an analysis
     # runs from its own call to the next one (or to the return of run_suite).
-    # Part 2 runs first, in its own run_suite call, so that its times are in
-    # hand first; the two parts share no intermediate results, so splitting the
-    # call changes no work.
+    # Part 2 runs first, in its own run_suite call, so that a stopped run still
+    # yields its times. The two parts share no intermediate results, so splitting
+    # the call changes no work.
     analysis_seconds: dict[str, float] = {}
     tables = {}
     suite = 0.0

@@ -192,7 +192,7 @@ def test_batched_equals_one_by_one(bridge, prompts):
     np.testing.assert_allclose(batched.output, single.output, atol=ENGINE_ATOL, rtol=0)
 
 
-def test_parts_sharing_clean_run_match_separate(bridge, prompts):
+def test_shared_clean_run_matches_separate(bridge, prompts):
     options = dict(mode="future", batch_size=2, n_positions=2, seed=5)
     shared = skip_effect_arrays_by_part(bridge, prompts, parts=("layer", "attn", "mlp"), **options)
     for part in ("layer", "attn", "mlp"):
@@ -347,7 +347,7 @@ def test_perturbations_prefix_matches_surgery(bridge, prompts):
     keys = ["level", "kind", "position", "order", "metric", "n_tokens"]
     pd.testing.assert_frame_equal(fast[keys], reference[keys])
     # The prefix engine starts from the clean residual instead of recomputing the layers
-    # before the change; the same float32 operations run, so only rounding may differ.
+    # before the change. Both run the same float32 operations, so only rounding may differ.
     np.testing.assert_allclose(fast["value"], reference["value"], atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="engine"):
         perturbations(bridge, prompts, engine="fast")

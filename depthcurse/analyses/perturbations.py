@@ -216,6 +216,10 @@ def prefix_logits(
     stack: LayerStack, clean: CleanRun, order: tuple[int, ...]
 ) -> torch.Tensor:
     """Return the logits of running the layers in `order`, reusing the clean run's prefix."""
+    # NOTE: LayerStack builds one causal mask for all layers, while the surgery engine
+    # reorders config.layer_types too. Models mixing sliding-window and full layers
+    # would differ between the engines. smollm2-135m and depthcurse checkpoints use full
+    # attention in every layer.
     start = unchanged_prefix(order)
     if start == len(order) == stack.n_layers:
         return clean.logits

@@ -259,8 +259,8 @@ def _add_removal_nll(
 ) -> None:
     """Add the summed next-token NLL of each run to `totals[layer]`.
 
-    `logits` holds the rows of the positions in `masks` (runs × batch × pos), which
-    include every scored position: the next token is real and the position is not 0.
+    `logits` contains the rows of the positions in `masks` (runs × batch × pos). Those
+    include every scored position, where the next token is real and the position is not 0.
     """
     rows = masks.shape[0]
     next_tokens = torch.zeros_like(stack.tokens)
@@ -417,8 +417,8 @@ def skip_effect_arrays_by_part(
 ) -> dict[str, SkipArrays]:
     """Compute `skip_effect_arrays` for several parts, sharing each batch's clean run.
 
-    The arrays equal separate `skip_effect_arrays` calls: every part sees the same
-    future-mode positions, because those are drawn from `seed` once per batch.
+    The arrays equal separate `skip_effect_arrays` calls, because every part gets the
+    same future-mode positions, drawn from `seed` once per batch.
     Each part's `layer_forwards` includes the shared clean run, as if it ran alone.
     `removal_nll=True` also fills `SkipArrays.removal_nll` of part "layer" from the
     skipped runs' logits (prefix engine, current mode, not local), which
