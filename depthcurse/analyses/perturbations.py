@@ -172,18 +172,21 @@ class CleanReference:
             clean, tokens, attention_mask, exclude_pos0=exclude_pos0
         )
         self.log_p = torch.log_softmax(clean.float(), dim=-1)
-        self.p = self.log_p.exp()
         self.top1 = clean.argmax(-1)
 
     def compare(self, perturbed: torch.Tensor) -> dict[str, tuple[float, int]]:
         """Return summed metrics of `perturbed` logits and the scored-position count."""
-        # The NLL is read from log_q: what `next_token_nll` computes, without a second
-        # log-softmax over the vocabulary.
-        log_q = torch.log_softmax(perturbed.float(), dim=-1)
-        nll_perturbed = torch.zeros(self.tokens.shape, dtype=torch.float32, device=log_q.device)
-        nll_perturbed[:, :-1] = -log_q[:, :-1].gather(-1, self.tokens[:, 1:, None])[..., 0]
+        # One sequence at a time, so that the vocab-wide temporaries stay one sequence
+        # long. The NLL is read from log_q, which is what `next_token_nll` computes.
+        nll_perturbed = torch.zeros(self.tokens.shape, dtype=torch.float32, device=perturbed.device)
+        kl = torch.zeros_like(nll_perturbed)
+        for row in range(perturbed.shape[0]):
+            log_q = torch.log_softmax(perturbed[row].float(), dim=-1)
+            next_tokens = self.tokens[row, 1:, None]
+            nll_perturbed[row, :-1] = -log_q[:-1].gather(-1, next_tokens)[..., 0]
+            log_p = self.log_p[row]
+            kl[row] = (log_p.exp() * (log_p - log_q)).sum(-1)
         nll_perturbed = nll_perturbed * self.mask
-        kl = (self.p * (self.log_p - log_q)).sum(-1)
         agree = (self.top1 == perturbed.argmax(-1)).float()
         mask = self.mask
         count = int(mask.sum())

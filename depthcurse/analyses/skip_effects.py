@@ -65,6 +65,9 @@ REDUCTIONS = ("max", "mean")
 ENGINES = ("prefix", "naive")
 NORM_FLOOR = 1e-6
 LOGIT_BUDGET = 2**24
+UNEMBED_ROWS = 512
+"""Positions unembedded at once for the output effect: 512 x 49,152 float32 logits
+(smollm2's vocabulary) are 96 MiB per vocab-wide tensor."""
 
 
 @dataclass
@@ -207,22 +210,37 @@ def _prefix_batch(
     vocab = clean.logits.shape[-1]
     per_logits = max(1, min(per_forward, LOGIT_BUDGET // clean.logits[..., 0].numel() // vocab))
 
+    if removal_nll is not None:
+        next_tokens = torch.zeros_like(stack.tokens)
+        next_tokens[:, :-1] = stack.tokens[:, 1:]
+        scored = prediction_mask(stack.attention_mask, exclude_pos0=True)
+
     def finish(chunk: list[tuple[int, int]], finals: list[Tensor]) -> None:
-        # Only measured positions are unembedded: in future mode that is about half of them.
+        # Only measured positions are unembedded (in future mode about half of them), in
+        # slices of UNEMBED_ROWS positions so that no vocab-wide tensor outgrows one slice.
         for start in range(0, len(chunk), per_logits):
             part_chunk = chunk[start : start + per_logits]
             masks = measure[[k for _, k in part_chunk]]
             selected = torch.cat(finals[start : start + per_logits]).unflatten(0, masks.shape[:2])
-            logits = stack.logits(selected[masks]).float()
-            if removal_nll is not None:
-                _add_removal_nll(removal_nll, logits, masks, stack, [s for s, _ in part_chunk])
-            probs = torch.softmax(logits, dim=-1)
-            probs.sub_(clean_probs.expand(len(part_chunk), -1, -1, -1)[masks])
             change = torch.zeros(masks.shape, device=device)
-            change[masks] = probs.norm(dim=-1)
+            nll = torch.zeros(masks.shape, device=device)
+            where = masks.nonzero(as_tuple=True)
+            for begin in range(0, where[0].numel(), UNEMBED_ROWS):
+                run, row, pos = (index[begin : begin + UNEMBED_ROWS] for index in where)
+                logits = stack.logits(selected[run, row, pos]).float()
+                if removal_nll is not None:
+                    log_probs = torch.log_softmax(logits, dim=-1)
+                    picked = log_probs.gather(-1, next_tokens[row, pos][:, None])[:, 0]
+                    nll[run, row, pos] = -picked * scored[row, pos]
+                    del log_probs
+                probs = torch.softmax(logits, dim=-1)
+                del logits
+                change[run, row, pos] = probs.sub_(clean_probs[row, pos]).norm(dim=-1)
             reduced = _reduce(change, masks, reduction)
-            for row, (s, k) in enumerate(part_chunk):
-                output[k, s] = reduced[row].cpu()
+            for index, (s, k) in enumerate(part_chunk):
+                output[k, s] = reduced[index].cpu()
+                if removal_nll is not None:
+                    removal_nll[s] += float(nll[index].sum())
 
     with torch.no_grad():
         if local:
@@ -252,27 +270,6 @@ def _prefix_batch(
                 active = [(v, h) for (v, _), h in zip(active, outputs.split(batch), strict=True)]
             finish([v for v, _ in active], [h for _, h in active])
     return effect, output
-
-
-def _add_removal_nll(
-    totals: Tensor, logits: Tensor, masks: Tensor, stack: LayerStack, layers: list[int]
-) -> None:
-    """Add the summed next-token NLL of each run to `totals[layer]`.
-
-    `logits` contains the rows of the positions in `masks` (runs × batch × pos). Those
-    include every scored position, where the next token is real and the position is not 0.
-    """
-    rows = masks.shape[0]
-    next_tokens = torch.zeros_like(stack.tokens)
-    next_tokens[:, :-1] = stack.tokens[:, 1:]
-    scored = prediction_mask(stack.attention_mask, exclude_pos0=True)
-    log_probs = torch.log_softmax(logits, dim=-1)
-    picked = next_tokens.expand(rows, -1, -1)[masks]
-    nll = torch.zeros(masks.shape, dtype=torch.float32, device=logits.device)
-    nll[masks] = -log_probs.gather(-1, picked[:, None])[:, 0]
-    nll = nll * scored
-    for row, layer in enumerate(layers):
-        totals[layer] += float(nll[row].sum())
 
 
 def _local_input(clean: CleanRun, j: int, s: int, part: str, skip: Tensor) -> Tensor:
