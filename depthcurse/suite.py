@@ -169,10 +169,14 @@ def run_suite(
         )
         for name in stream_names:
             compute(name, lambda name=name: stream_tables[name]())
+    # Intermediate results that one analysis computes and a later one reuses. Each
+    # runner falls back to computing its own when an entry is missing, for example
+    # when the earlier analysis came from the cache.
+    shared: dict[str, Any] = {"analyses": names}
     for name in names:
         if name in STREAM_ANALYSES:
             continue
-        compute(name, lambda name=name: _ANALYSIS_RUNNERS[name](model, prompts, options, tables))
+        compute(name, lambda name=name: _ANALYSIS_RUNNERS[name](model, prompts, options, shared))
     return tables
 
 
@@ -208,14 +212,14 @@ def _stream_tables(
 
 
 def _weight_similarity(
-    model: Any, prompts: Any, options: SuiteOptions, tables: dict
+    model: Any, prompts: Any, options: SuiteOptions, shared: dict
 ) -> pd.DataFrame:
     from depthcurse.analyses import weight_similarity
 
     return weight_similarity(model)
 
 
-def _tuned_lens(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -> pd.DataFrame:
+def _tuned_lens(model: Any, prompts: Any, options: SuiteOptions, shared: dict) -> pd.DataFrame:
     from depthcurse.analyses import train_tuned_lens, tuned_lens
 
     train_prompts = suite_prompts(model, options, offset=len(prompts))
@@ -231,10 +235,30 @@ def _tuned_lens(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -
     return tuned_lens(model, prompts, lens=lens, batch_size=options.batch_size)
 
 
-def _skip_effects(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -> pd.DataFrame:
-    from depthcurse.analyses.skip_effects import skip_effects
+def _skip_effects(model: Any, prompts: Any, options: SuiteOptions, shared: dict) -> pd.DataFrame:
+    from depthcurse.analyses.skip_effects import (
+        skip_effect_arrays_by_part,
+        skip_effects,
+        skip_effects_from_arrays,
+    )
 
-    return skip_effects(
+    # Pruning's layer removals are the current-mode layer skips: compute their NLL here.
+    reusable = (
+        "pruning" in shared["analyses"]
+        and "layer" in options.skip_parts
+        and options.skip_mode == "current"
+    )
+    if not reusable:
+        return skip_effects(
+            model,
+            prompts,
+            parts=options.skip_parts,
+            mode=options.skip_mode,
+            batch_size=options.batch_size,
+            seed=options.seed,
+            progress=progress_bars(),
+        )
+    by_part = skip_effect_arrays_by_part(
         model,
         prompts,
         parts=options.skip_parts,
@@ -242,10 +266,13 @@ def _skip_effects(model: Any, prompts: Any, options: SuiteOptions, tables: dict)
         batch_size=options.batch_size,
         seed=options.seed,
         progress=progress_bars(),
+        removal_nll=True,
     )
+    shared["skip_arrays_layer_current"] = by_part["layer"]
+    return skip_effects_from_arrays(model, prompts, by_part, mode=options.skip_mode)
 
 
-def _depth_score(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -> pd.DataFrame:
+def _depth_score(model: Any, prompts: Any, options: SuiteOptions, shared: dict) -> pd.DataFrame:
     from depthcurse.analyses.depth_score import depth_score
 
     sets: dict[str, Any] = {"validation": prompts}
@@ -294,7 +321,7 @@ def block_size_for(model: Any, options: SuiteOptions) -> int:
         return FALLBACK_BLOCK_SIZE if model.cfg.n_layers % FALLBACK_BLOCK_SIZE == 0 else 1
 
 
-def _perturbations(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -> pd.DataFrame:
+def _perturbations(model: Any, prompts: Any, options: SuiteOptions, shared: dict) -> pd.DataFrame:
     from depthcurse.analyses.perturbations import perturbations
 
     return perturbations(
@@ -307,25 +334,30 @@ def _perturbations(model: Any, prompts: Any, options: SuiteOptions, tables: dict
     )
 
 
-def _pruning(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -> pd.DataFrame:
+def _pruning(model: Any, prompts: Any, options: SuiteOptions, shared: dict) -> pd.DataFrame:
     from depthcurse.analyses.pruning import pruning_metrics
 
-    return pruning_metrics(model, prompts, batch_size=options.batch_size)
+    return pruning_metrics(
+        model,
+        prompts,
+        batch_size=options.batch_size,
+        skip_arrays=shared.get("skip_arrays_layer_current"),
+    )
 
 
-def _periodicity(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -> pd.DataFrame:
+def _periodicity(model: Any, prompts: Any, options: SuiteOptions, shared: dict) -> pd.DataFrame:
     from depthcurse.analyses.periodicity import periodicity
 
     return periodicity(model, prompts, batch_size=options.batch_size)
 
 
-def _symmetry(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -> pd.DataFrame:
+def _symmetry(model: Any, prompts: Any, options: SuiteOptions, shared: dict) -> pd.DataFrame:
     from depthcurse.analyses.symmetry import symmetry_scores
 
     return symmetry_scores(model, block_size=block_size_for(model, options))
 
 
-def _evaluation(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -> pd.DataFrame:
+def _evaluation(model: Any, prompts: Any, options: SuiteOptions, shared: dict) -> pd.DataFrame:
     from depthcurse.evals import evaluate
 
     return evaluate(
@@ -338,7 +370,7 @@ def _evaluation(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -
     )
 
 
-def _heldout_nll(model: Any, prompts: Any, options: SuiteOptions, tables: dict) -> pd.DataFrame:
+def _heldout_nll(model: Any, prompts: Any, options: SuiteOptions, shared: dict) -> pd.DataFrame:
     import torch
 
     from depthcurse.evals import heldout_nll
@@ -349,7 +381,7 @@ def _heldout_nll(model: Any, prompts: Any, options: SuiteOptions, tables: dict) 
     return pd.DataFrame([result.to_dict()])
 
 
-_ANALYSIS_RUNNERS: dict[str, Callable[[Any, Any, SuiteOptions, dict], pd.DataFrame]] = {
+_ANALYSIS_RUNNERS: dict[str, Callable[[Any, Any, SuiteOptions, dict[str, Any]], pd.DataFrame]] = {
     "weight_similarity": _weight_similarity,
     "tuned_lens": _tuned_lens,
     "skip_effects": _skip_effects,

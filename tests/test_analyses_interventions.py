@@ -31,7 +31,11 @@ from depthcurse.analyses.perturbations import (  # noqa: E402
     perturbations,
 )
 from depthcurse.analyses.pruning import pruning_metrics  # noqa: E402
-from depthcurse.analyses.skip_effects import skip_effect_arrays, skip_effects  # noqa: E402
+from depthcurse.analyses.skip_effects import (  # noqa: E402
+    skip_effect_arrays,
+    skip_effect_arrays_by_part,
+    skip_effects,
+)
 from depthcurse.analyses.surgery import layer_order, skipped  # noqa: E402
 from depthcurse.analyses.symmetry import mirror_asymmetry, symmetry_scores  # noqa: E402
 from depthcurse.checkpoint import save_checkpoint  # noqa: E402
@@ -188,6 +192,17 @@ def test_batched_equals_one_by_one(bridge, prompts):
     np.testing.assert_allclose(batched.output, single.output, atol=ENGINE_ATOL, rtol=0)
 
 
+def test_shared_clean_run_matches_separate(bridge, prompts):
+    options = dict(mode="future", batch_size=2, n_positions=2, seed=5)
+    shared = skip_effect_arrays_by_part(bridge, prompts, parts=("layer", "attn", "mlp"), **options)
+    for part in ("layer", "attn", "mlp"):
+        alone = skip_effect_arrays(bridge, prompts, part=part, **options)
+        # Same clean run, positions and layer calls, so the arrays agree bit for bit.
+        np.testing.assert_array_equal(shared[part].effect, alone.effect)
+        np.testing.assert_array_equal(shared[part].output, alone.output)
+        assert shared[part].layer_forwards == alone.layer_forwards
+
+
 def test_skip_rejects_bad_input(bridge, prompts):
     with pytest.raises(ValueError, match="part"):
         skip_effects(bridge, prompts, parts="ffn")
@@ -324,6 +339,20 @@ def test_perturbations_table(bridge, prompts):
     assert kl["value"].max() > 1e-4
 
 
+def test_perturbations_prefix_matches_surgery(bridge, prompts):
+    fast = perturbations(bridge, prompts, n_shuffles=2, batch_size=3, progress=False)
+    reference = perturbations(
+        bridge, prompts, n_shuffles=2, batch_size=3, engine="surgery", progress=False
+    )
+    keys = ["level", "kind", "position", "order", "metric", "n_tokens"]
+    pd.testing.assert_frame_equal(fast[keys], reference[keys])
+    # The prefix engine starts from the clean residual instead of recomputing the layers
+    # before the change. Both run the same float32 operations, so only rounding may differ.
+    np.testing.assert_allclose(fast["value"], reference["value"], atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="engine"):
+        perturbations(bridge, prompts, engine="fast")
+
+
 # --- pruning and looping ----------------------------------------------------------------
 
 
@@ -338,6 +367,55 @@ def test_pruning_metrics_on_zero_layer(bridge, prompts):
     assert spans[(ZERO_LAYER, 1)] < 1e-3
     assert set(angle["span"]) == set(range(1, N_LAYERS // 2 + 1))
     assert angle["value"].between(0, 1).all()
+
+
+def test_pruning_reuses_skip_runs(bridge, prompts):
+    separate = pruning_metrics(bridge, prompts, batch_size=3)
+    arrays = skip_effect_arrays_by_part(
+        bridge, prompts, parts=("layer", "mlp"), batch_size=3, removal_nll=True, progress=False
+    )["layer"]
+    assert arrays.removal_nll.shape == (N_LAYERS,)
+    shared = pruning_metrics(bridge, prompts, batch_size=3, skip_arrays=arrays)
+    pd.testing.assert_frame_equal(shared.drop(columns="value"), separate.drop(columns="value"))
+    # The skip engine stacks runs along the batch, so its matmuls round differently.
+    np.testing.assert_allclose(shared["value"], separate["value"], atol=1e-6, rtol=1e-6)
+    removed = shared[shared["metric"] == "delta_nll_remove"]["value"]
+    assert removed.abs().max() > 1e-3
+
+
+def test_removal_nll_rejects_other_runs(bridge, prompts):
+    with pytest.raises(ValueError, match="removal_nll"):
+        skip_effect_arrays_by_part(bridge, prompts, mode="future", removal_nll=True)
+    with pytest.raises(ValueError, match="removal_nll"):
+        skip_effect_arrays_by_part(bridge, prompts, parts=("attn",), removal_nll=True)
+    without = skip_effect_arrays(bridge, prompts, progress=False)
+    with pytest.raises(ValueError, match="removal_nll=True"):
+        pruning_metrics(bridge, prompts, skip_arrays=without)
+    shorter = PromptSet("shorter", prompts.prompts[:2])
+    arrays = skip_effect_arrays_by_part(
+        bridge, shorter, parts=("layer",), removal_nll=True, progress=False
+    )["layer"]
+    with pytest.raises(ValueError, match="same model and prompts"):
+        pruning_metrics(bridge, prompts, skip_arrays=arrays)
+
+
+def test_suite_shares_skip_runs_with_pruning(bridge, prompts):
+    from depthcurse.suite import SuiteOptions, run_suite
+
+    options = SuiteOptions(skip_parts=("layer", "attn"), batch_size=3)
+    together = run_suite(bridge, prompts, only=["skip_effects", "pruning"], options=options)
+    alone = {
+        name: run_suite(bridge, prompts, only=[name], options=options)[name]
+        for name in ("skip_effects", "pruning")
+    }
+    pd.testing.assert_frame_equal(together["skip_effects"], alone["skip_effects"])
+    pd.testing.assert_frame_equal(
+        together["pruning"].drop(columns="value"), alone["pruning"].drop(columns="value")
+    )
+    # Pruning's removals come from the stacked skip runs here: equal up to rounding.
+    np.testing.assert_allclose(
+        together["pruning"]["value"], alone["pruning"]["value"], atol=1e-6, rtol=1e-6
+    )
 
 
 def test_loop_block_single_pass_is_clean(bridge, prompts):

@@ -157,8 +157,8 @@ class LayerStack:
         mlp_out = self.mlp(index, mid)
         return attn_out, mlp_out, mid + mlp_out
 
-    def logits(self, h: Float[Tensor, "rows pos d_model"]) -> Float[Tensor, "rows pos vocab"]:
-        """Apply the final norm and unembedding to the residual after the last layer."""
+    def logits(self, h: Float[Tensor, "*rows d_model"]) -> Float[Tensor, "*rows vocab"]:
+        """Apply the final norm and unembedding to residuals after the last layer, any leading shape."""
         return self.hf.lm_head(self.hf.model.norm(h))
 
 

@@ -24,6 +24,14 @@ pooled over all tokens of all prompts, in float32:
     nll       = mean NLL_perturbed (for kind "identity", the clean NLL)
 
 Layer-list surgery acts on every position, position 0 included.
+
+Engines: "prefix" runs the decoder layers one at a time (`engine.LayerStack`).
+A perturbed order that keeps layers 0..p−1 in place starts from the clean run's
+residual at layer p, so removing or swapping late layers costs only the layers
+after the change. Batches are the outer loop, so one batch's clean residuals and
+clean log-probabilities serve every perturbation. "surgery" runs one full
+forward of the model per perturbation with its layer list rearranged
+(`surgery.layer_order`); it is the reference for tests.
 """
 
 from __future__ import annotations
@@ -37,7 +45,10 @@ import torch
 from tqdm.auto import tqdm
 
 from depthcurse.analyses.engine import (
+    CleanRun,
+    LayerStack,
     batches_of,
+    clean_run,
     decoder_layers,
     hf_model_of,
     model_label,
@@ -49,6 +60,7 @@ from depthcurse.analyses.surgery import layer_order
 
 LEVELS = ("layer", "block")
 KINDS = ("identity", "remove", "swap", "reverse_inside", "reverse_middle", "shuffle_middle")
+ENGINES = ("prefix", "surgery")
 
 
 @dataclass(frozen=True)
@@ -145,24 +157,80 @@ def forward_logits(model: Any, tokens: torch.Tensor, attention_mask: torch.Tenso
         return hf_model_of(model)(input_ids=tokens, attention_mask=attention_mask).logits
 
 
+class CleanReference:
+    """Clean log-probabilities, NLL, top-1 tokens and scored positions of one batch.
+
+    Computed once per batch and compared with every perturbed run of it.
+    """
+
+    def __init__(
+        self, clean: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor,
+        *, exclude_pos0: bool = True,
+    ) -> None:
+        self.tokens, self.attention_mask, self.exclude_pos0 = tokens, attention_mask, exclude_pos0
+        self.nll, self.mask = next_token_nll(
+            clean, tokens, attention_mask, exclude_pos0=exclude_pos0
+        )
+        self.log_p = torch.log_softmax(clean.float(), dim=-1)
+        self.top1 = clean.argmax(-1)
+
+    def compare(self, perturbed: torch.Tensor) -> dict[str, tuple[float, int]]:
+        """Return summed metrics of `perturbed` logits and the scored-position count."""
+        # One sequence at a time, so that the vocab-wide temporaries stay one sequence
+        # long. The NLL is read from log_q, which is what `next_token_nll` computes.
+        nll_perturbed = torch.zeros(self.tokens.shape, dtype=torch.float32, device=perturbed.device)
+        kl = torch.zeros_like(nll_perturbed)
+        for row in range(perturbed.shape[0]):
+            log_q = torch.log_softmax(perturbed[row].float(), dim=-1)
+            next_tokens = self.tokens[row, 1:, None]
+            nll_perturbed[row, :-1] = -log_q[:-1].gather(-1, next_tokens)[..., 0]
+            log_p = self.log_p[row]
+            kl[row] = (log_p.exp() * (log_p - log_q)).sum(-1)
+        nll_perturbed = nll_perturbed * self.mask
+        agree = (self.top1 == perturbed.argmax(-1)).float()
+        mask = self.mask
+        count = int(mask.sum())
+        return {
+            "delta_nll": (float((nll_perturbed - self.nll)[mask].sum()), count),
+            "kl": (float(kl[mask].sum()), count),
+            "top1_agreement": (float(agree[mask].sum()), count),
+            "nll": (float(nll_perturbed[mask].sum()), count),
+        }
+
+
 def compare_logits(
     clean: torch.Tensor, perturbed: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor,
     *, exclude_pos0: bool = True,
 ) -> dict[str, tuple[float, int]]:
     """Return summed metrics and the scored-position count for one batch."""
-    nll_clean, mask = next_token_nll(clean, tokens, attention_mask, exclude_pos0=exclude_pos0)
-    nll_perturbed, _ = next_token_nll(perturbed, tokens, attention_mask, exclude_pos0=exclude_pos0)
-    log_p = torch.log_softmax(clean.float(), dim=-1)
-    log_q = torch.log_softmax(perturbed.float(), dim=-1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
-    agree = (clean.argmax(-1) == perturbed.argmax(-1)).float()
-    count = int(mask.sum())
-    return {
-        "delta_nll": (float((nll_perturbed - nll_clean)[mask].sum()), count),
-        "kl": (float(kl[mask].sum()), count),
-        "top1_agreement": (float(agree[mask].sum()), count),
-        "nll": (float(nll_perturbed[mask].sum()), count),
-    }
+    reference = CleanReference(clean, tokens, attention_mask, exclude_pos0=exclude_pos0)
+    return reference.compare(perturbed)
+
+
+def unchanged_prefix(order: tuple[int, ...]) -> int:
+    """Return p such that `order` starts with layers 0..p−1 in place."""
+    p = 0
+    while p < len(order) and order[p] == p:
+        p += 1
+    return p
+
+
+def prefix_logits(
+    stack: LayerStack, clean: CleanRun, order: tuple[int, ...]
+) -> torch.Tensor:
+    """Return the logits of running the layers in `order`, reusing the clean run's prefix."""
+    # NOTE: LayerStack builds one causal mask for all layers, while the surgery engine
+    # reorders config.layer_types too. Models mixing sliding-window and full layers
+    # would differ between the engines. smollm2-135m and depthcurse checkpoints use full
+    # attention in every layer.
+    start = unchanged_prefix(order)
+    if start == len(order) == stack.n_layers:
+        return clean.logits
+    h = clean.resid[start]
+    with torch.no_grad():
+        for index in order[start:]:
+            h = stack.layer(index, h)[2]
+        return stack.logits(h)
 
 
 def perturbations(
@@ -176,13 +244,15 @@ def perturbations(
     seed: int = 0,
     batch_size: int = 8,
     exclude_pos0: bool = True,
+    engine: str = "prefix",
     progress: bool = True,
 ) -> pd.DataFrame:
     """Return Δ NLL, KL(p_clean ‖ p_perturbed) and top-1 agreement for each perturbation.
 
     One row per level × kind × position × metric, ready to pivot into a heatmap
     of position against kind. `block_size` defaults to the growth-step width;
-    `progress` shows a progress bar over perturbations on stderr.
+    `engine` is "prefix" or "surgery" (see the module docstring); `progress`
+    shows a progress bar over batches × perturbations on stderr.
     """
     n_layers = len(decoder_layers(model))
     if "block" in levels and block_size is None:
@@ -190,21 +260,42 @@ def perturbations(
     orders = perturbation_orders(
         n_layers, block_size or 1, levels=levels, kinds=kinds, n_shuffles=n_shuffles, seed=seed
     )
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     batches = batches_of(prompts, batch_size)
-    clean_logits = [forward_logits(model, ids, mask) for ids, mask in batches]
+    totals: list[dict[str, list[float]]] = [{} for _ in orders]
+
+    def add(index: int, metrics: dict[str, tuple[float, int]]) -> None:
+        for metric, (value, count) in metrics.items():
+            total = totals[index].setdefault(metric, [0.0, 0])
+            total[0] += value
+            total[1] += count
+
+    bar = tqdm(total=len(orders) * len(batches), desc="perturbations", disable=not progress)
+    if engine == "prefix":
+        for ids, mask in batches:
+            stack = LayerStack(model, ids, mask)
+            clean = clean_run(stack)
+            reference = CleanReference(
+                clean.logits, stack.tokens, stack.attention_mask, exclude_pos0=exclude_pos0
+            )
+            for index, perturbation in enumerate(orders):
+                add(index, reference.compare(prefix_logits(stack, clean, perturbation.order)))
+                bar.update()
+    else:
+        references = [
+            CleanReference(forward_logits(model, ids, mask), ids, mask, exclude_pos0=exclude_pos0)
+            for ids, mask in batches
+        ]
+        for index, perturbation in enumerate(orders):
+            with layer_order(model, perturbation.order):
+                for (ids, mask), reference in zip(batches, references, strict=True):
+                    add(index, reference.compare(forward_logits(model, ids, mask)))
+                    bar.update()
+    bar.close()
     rows = []
-    for perturbation in tqdm(orders, desc="perturbations", disable=not progress):
-        totals: dict[str, list[float]] = {}
-        with layer_order(model, perturbation.order):
-            for (ids, mask), clean in zip(batches, clean_logits, strict=True):
-                perturbed = forward_logits(model, ids, mask)
-                for metric, (value, count) in compare_logits(
-                    clean, perturbed, ids, mask, exclude_pos0=exclude_pos0
-                ).items():
-                    total = totals.setdefault(metric, [0.0, 0])
-                    total[0] += value
-                    total[1] += count
-        for metric, (value, count) in totals.items():
+    for perturbation, metrics in zip(orders, totals, strict=True):
+        for metric, (value, count) in metrics.items():
             rows.append(
                 (
                     perturbation.level,

@@ -12,7 +12,9 @@ With h_l the residual entering layer l (h_L the input to the final norm):
 - delta_nll_remove: mean next-token NLL with layer l removed minus the clean
   NLL (nats/token). Removing means Δ_l = 0 at every position except 0, so
   position 0 keeps its clean residual; layers after l are run from the clean
-  residual at l (no prefix recomputation).
+  residual at l (no prefix recomputation). These removed runs are the
+  current-mode layer skips of `skip_effects`, so a `SkipArrays` with
+  `removal_nll` computed on the same prompts can stand in for them.
 
 Cosines and NLL are averaged over positions 1..n−1 by default (`exclude_pos0`).
 """
@@ -34,6 +36,7 @@ from depthcurse.analyses.engine import (
     next_token_nll,
     prompt_set_name,
 )
+from depthcurse.analyses.skip_effects import SkipArrays
 
 
 def pruning_metrics(
@@ -43,12 +46,20 @@ def pruning_metrics(
     max_span: int | None = None,
     batch_size: int = 8,
     exclude_pos0: bool = True,
+    skip_arrays: SkipArrays | None = None,
 ) -> pd.DataFrame:
     """Return block influence, angular distance and Δ NLL per layer as a tidy table.
 
     `max_span` caps n in d(l, n) (default ⌊L/2⌋). Rows have `metric`, `layer`,
-    `span` (n for angular distance, else missing) and `value`.
+    `span` (n for angular distance, else missing) and `value`. `skip_arrays`, from
+    `skip_effect_arrays_by_part(model, prompts, removal_nll=True, ...)` on the same
+    prompts, supplies the removed-layer NLL so that the removals do not run again.
     """
+    if skip_arrays is not None and (skip_arrays.removal_nll is None or not exclude_pos0):
+        raise ValueError(
+            "skip_arrays must come from skip_effect_arrays_by_part(..., removal_nll=True), "
+            "and reusing it needs exclude_pos0=True; pass skip_arrays=None otherwise"
+        )
     cos_sum = cos_count = None
     angle_sums: dict[tuple[int, int], float] = {}
     nll_clean_sum, nll_removed_sum, n_scored, n_prompts = 0.0, None, 0, 0
@@ -87,6 +98,8 @@ def pruning_metrics(
         nll, scored = next_token_nll(clean.logits, stack.tokens, stack.attention_mask, exclude_pos0=exclude_pos0)
         nll_clean_sum += float(nll.sum())
         n_scored += int(scored.sum())
+        if skip_arrays is not None:
+            continue
         keep_pos0 = torch.ones_like(real)
         keep_pos0[:, 0] = False
         where = keep_pos0[..., None]
@@ -100,6 +113,14 @@ def pruning_metrics(
                 )
                 nll_removed_sum[layer] += float(removed.sum())
 
+    if skip_arrays is not None:
+        if skip_arrays.n_layers != n_layers or skip_arrays.n_scored != n_scored:
+            raise ValueError(
+                f"skip_arrays cover {skip_arrays.n_layers} layers and {skip_arrays.n_scored} "
+                f"scored positions, these prompts {n_layers} and {n_scored}; compute them on the "
+                "same model and prompts"
+            )
+        nll_removed_sum = skip_arrays.removal_nll
     rows_out = []
     for layer in range(n_layers):
         influence = 1.0 - cos_sum[layer] / max(cos_count, 1)

@@ -54,6 +54,7 @@ from depthcurse.analyses.engine import (
     clean_run,
     model_label,
     model_note,
+    prediction_mask,
     prompt_set_name,
     quiet_nan_warnings,
 )
@@ -64,6 +65,9 @@ REDUCTIONS = ("max", "mean")
 ENGINES = ("prefix", "naive")
 NORM_FLOOR = 1e-6
 LOGIT_BUDGET = 2**24
+UNEMBED_ROWS = 512
+"""Positions unembedded at once for the output effect: 512 x 49,152 float32 logits
+(smollm2's vocabulary) are 96 MiB per vocab-wide tensor."""
 
 
 @dataclass
@@ -78,6 +82,12 @@ class SkipArrays:
     output: np.ndarray
     layer_forwards: float
     n_layers: int
+    removal_nll: np.ndarray | None = None
+    """Per skipped layer s, the next-token NLL (nats) summed over all scored positions of
+    all prompts (next token real, position 0 excluded) with Δ_s = 0 at positions 1..n−1:
+    the NLL of removing layer s. Present for part "layer" in current mode only, on request."""
+    n_scored: int = 0
+    """Number of scored positions behind `removal_nll`."""
 
 
 def future_positions(
@@ -170,7 +180,13 @@ def _prefix_batch(
     measure: Tensor,
     reduction: str,
     max_rows: int,
+    removal_nll: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
+    """Compute one batch's effects with the prefix engine.
+
+    With `removal_nll` (float64, one entry per layer), also add each skipped run's
+    next-token NLL summed over the scored positions, read from the same logits.
+    """
     n_layers, batch = stack.n_layers, stack.batch
     n_k = skip.shape[0]
     device = clean.logits.device
@@ -194,14 +210,37 @@ def _prefix_batch(
     vocab = clean.logits.shape[-1]
     per_logits = max(1, min(per_forward, LOGIT_BUDGET // clean.logits[..., 0].numel() // vocab))
 
+    if removal_nll is not None:
+        next_tokens = torch.zeros_like(stack.tokens)
+        next_tokens[:, :-1] = stack.tokens[:, 1:]
+        scored = prediction_mask(stack.attention_mask, exclude_pos0=True)
+
     def finish(chunk: list[tuple[int, int]], finals: list[Tensor]) -> None:
+        # Only measured positions are unembedded (in future mode about half of them), in
+        # slices of UNEMBED_ROWS positions so that no vocab-wide tensor outgrows one slice.
         for start in range(0, len(chunk), per_logits):
             part_chunk = chunk[start : start + per_logits]
-            logits = stack.logits(torch.cat(finals[start : start + per_logits]))
-            change = _output_change(logits, clean_probs, len(part_chunk))
-            reduced = _reduce(change, measure[[k for _, k in part_chunk]], reduction)
-            for row, (s, k) in enumerate(part_chunk):
-                output[k, s] = reduced[row].cpu()
+            masks = measure[[k for _, k in part_chunk]]
+            selected = torch.cat(finals[start : start + per_logits]).unflatten(0, masks.shape[:2])
+            change = torch.zeros(masks.shape, device=device)
+            nll = torch.zeros(masks.shape, device=device)
+            where = masks.nonzero(as_tuple=True)
+            for begin in range(0, where[0].numel(), UNEMBED_ROWS):
+                run, row, pos = (index[begin : begin + UNEMBED_ROWS] for index in where)
+                logits = stack.logits(selected[run, row, pos]).float()
+                if removal_nll is not None:
+                    log_probs = torch.log_softmax(logits, dim=-1)
+                    picked = log_probs.gather(-1, next_tokens[row, pos][:, None])[:, 0]
+                    nll[run, row, pos] = -picked * scored[row, pos]
+                    del log_probs
+                probs = torch.softmax(logits, dim=-1)
+                del logits
+                change[run, row, pos] = probs.sub_(clean_probs[row, pos]).norm(dim=-1)
+            reduced = _reduce(change, masks, reduction)
+            for index, (s, k) in enumerate(part_chunk):
+                output[k, s] = reduced[index].cpu()
+                if removal_nll is not None:
+                    removal_nll[s] += float(nll[index].sum())
 
     with torch.no_grad():
         if local:
@@ -339,31 +378,106 @@ def skip_effect_arrays(
     shows a progress bar over batches on stderr.
     """
     _check_choice("part", part, PARTS)
+    return skip_effect_arrays_by_part(
+        model,
+        prompts,
+        parts=(part,),
+        mode=mode,
+        reduction=reduction,
+        local=local,
+        n_positions=n_positions,
+        position_grid=position_grid,
+        seed=seed,
+        engine=engine,
+        batch_size=batch_size,
+        max_rows=max_rows,
+        progress=progress,
+    )[part]
+
+
+def skip_effect_arrays_by_part(
+    model: Any,
+    prompts: Any,
+    *,
+    parts: tuple[str, ...] = PARTS,
+    mode: str = "current",
+    reduction: str = "max",
+    local: bool = False,
+    n_positions: int = 4,
+    position_grid: tuple[int, int, int] = (8, 8, 4),
+    seed: int = 123,
+    engine: str = "prefix",
+    batch_size: int = 8,
+    max_rows: int = 64,
+    progress: bool = True,
+    removal_nll: bool = False,
+) -> dict[str, SkipArrays]:
+    """Compute `skip_effect_arrays` for several parts, sharing each batch's clean run.
+
+    The arrays equal separate `skip_effect_arrays` calls, because every part gets the
+    same future-mode positions, drawn from `seed` once per batch.
+    Each part's `layer_forwards` includes the shared clean run, as if it ran alone.
+    `removal_nll=True` also fills `SkipArrays.removal_nll` of part "layer" from the
+    skipped runs' logits (prefix engine, current mode, not local), which
+    `pruning_metrics` can reuse instead of running every removal again.
+    """
+    for part in parts:
+        _check_choice("part", part, PARTS)
     _check_choice("mode", mode, MODES)
     _check_choice("reduction", reduction, REDUCTIONS)
     _check_choice("engine", engine, ENGINES)
+    if removal_nll and (
+        "layer" not in parts or mode != "current" or local or engine != "prefix"
+    ):
+        raise ValueError(
+            "removal_nll=True needs part 'layer' in parts, mode='current', local=False and "
+            f"engine='prefix'; got parts={parts}, mode={mode!r}, local={local}, engine={engine!r}"
+        )
     rng = np.random.default_rng(seed)
-    effects, outputs, forwards, n_layers = [], [], 0.0, 0
+    effects: dict[str, list[np.ndarray]] = {part: [] for part in parts}
+    outputs: dict[str, list[np.ndarray]] = {part: [] for part in parts}
+    forwards = dict.fromkeys(parts, 0.0)
+    n_layers, n_scored = 0, 0
+    removal_totals: Tensor | None = None
     batches = batches_of(prompts, batch_size)
-    description = f"skip effects ({part}, {mode}{', local' if local else ''})"
+    description = f"skip effects ({','.join(parts)}, {mode}{', local' if local else ''})"
+    # Reduce over the t variants (axis 0) the same way as over positions.
+    reduce = np.nanmax if reduction == "max" else np.nanmean
     for tokens, attention_mask in tqdm(batches, desc=description, disable=not progress):
         stack = LayerStack(model, tokens, attention_mask)
         n_layers = stack.n_layers
         skip, measure = _masks(attention_mask, mode, rng, n_positions, position_grid)
         clean = clean_run(stack)
-        if engine == "prefix":
-            effect, output = _prefix_batch(
-                stack, clean, part, local, skip, measure, reduction, max_rows
-            )
-        else:
-            effect, output = _naive_batch(model, stack, clean, part, local, skip, measure, reduction)
-        forwards += stack.layer_forwards
-        # Reduce over the t variants (axis 0) the same way as over positions.
-        reduce = np.nanmax if reduction == "max" else np.nanmean
-        with quiet_nan_warnings():
-            effects.append(np.moveaxis(reduce(effect.numpy(), axis=0), -1, 0))
-            outputs.append(np.moveaxis(reduce(output.numpy(), axis=0), -1, 0))
-    return SkipArrays(np.concatenate(effects), np.concatenate(outputs), forwards, n_layers)
+        clean_forwards = stack.layer_forwards
+        if removal_nll:
+            if removal_totals is None:
+                removal_totals = torch.zeros(n_layers, dtype=torch.float64)
+            n_scored += int(prediction_mask(stack.attention_mask, exclude_pos0=True).sum())
+        for part in parts:
+            stack.layer_forwards = 0.0
+            if engine == "prefix":
+                effect, output = _prefix_batch(
+                    stack, clean, part, local, skip, measure, reduction, max_rows,
+                    removal_totals if part == "layer" else None,
+                )
+            else:
+                effect, output = _naive_batch(
+                    model, stack, clean, part, local, skip, measure, reduction
+                )
+            forwards[part] += clean_forwards + stack.layer_forwards
+            with quiet_nan_warnings():
+                effects[part].append(np.moveaxis(reduce(effect.numpy(), axis=0), -1, 0))
+                outputs[part].append(np.moveaxis(reduce(output.numpy(), axis=0), -1, 0))
+    result = {
+        part: SkipArrays(
+            np.concatenate(effects[part]), np.concatenate(outputs[part]), forwards[part], n_layers
+        )
+        for part in parts
+    }
+    if removal_totals is not None:
+        result["layer"].removal_nll = removal_totals.numpy()
+        result["layer"].n_scored = n_scored
+    return result
 
 
 def skip_effects(
@@ -389,24 +503,42 @@ def skip_effects(
     over prompts ("max", "mean").
     """
     parts = (parts,) if isinstance(parts, str) else tuple(parts)
-    frames = []
-    for part in parts:
-        arrays = skip_effect_arrays(
-            model,
-            prompts,
-            part=part,
-            mode=mode,
-            reduction=reduction,
-            local=local,
-            n_positions=n_positions,
-            position_grid=position_grid,
-            seed=seed,
-            engine=engine,
-            batch_size=batch_size,
-            max_rows=max_rows,
-            progress=progress,
-        )
-        frames.append(skip_table(arrays, part=part))
+    by_part = skip_effect_arrays_by_part(
+        model,
+        prompts,
+        parts=parts,
+        mode=mode,
+        reduction=reduction,
+        local=local,
+        n_positions=n_positions,
+        position_grid=position_grid,
+        seed=seed,
+        engine=engine,
+        batch_size=batch_size,
+        max_rows=max_rows,
+        progress=progress,
+    )
+    return skip_effects_from_arrays(
+        model, prompts, by_part, mode=mode, reduction=reduction, local=local, engine=engine
+    )
+
+
+def skip_effects_from_arrays(
+    model: Any,
+    prompts: Any,
+    by_part: dict[str, SkipArrays],
+    *,
+    mode: str,
+    reduction: str = "max",
+    local: bool = False,
+    engine: str = "prefix",
+) -> pd.DataFrame:
+    """Return the `skip_effects` table of arrays already computed on `model` and `prompts`.
+
+    The keyword arguments must be those the arrays were computed with: they only
+    fill the table's columns.
+    """
+    frames = [skip_table(arrays, part=part) for part, arrays in by_part.items()]
     table = pd.concat(frames, ignore_index=True)
     table.insert(0, "model", model_label(model))
     table.insert(1, "prompt_set", prompt_set_name(prompts))
