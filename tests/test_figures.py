@@ -322,7 +322,7 @@ def test_periodicity_legend_short_labels(suite_tables):
     from depthcurse.plots.interventions import plot_periodicity
 
     table = suite_tables["a"]["periodicity"]
-    assert table["sequence"].str.contains("/").all(), "sequence names start with the model path"
+    assert table["sequence"].str.startswith("a | ").all(), "sequence names start with the label"
     fig = plot_periodicity(table)
     texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert [t.split(" (")[0] for t in texts] == ["attn", "mlp", "layer"]

@@ -67,10 +67,17 @@ def unwrap_layer(block: nn.Module) -> nn.Module:
 
 
 def model_label(model: Any) -> str:
-    """Return the model's source path or name, used in the `model` column of tables."""
+    """Return the model's short label for the `model` column of tables.
+
+    A model from `depthcurse.load` gets `depthcurse.sources.checkpoint_label`
+    of its source: the run name for a run's final checkpoint, ``RUN/step-N``
+    for an earlier one, else the folder, file or bundled model name.
+    """
+    from depthcurse.sources import checkpoint_label
+
     info = getattr(model, "depthcurse_info", None)
     if info is not None:
-        return str(info.source)
+        return checkpoint_label(info.source)
     config = getattr(hf_model_of(model), "config", None)
     return str(getattr(config, "_name_or_path", "") or type(model).__name__)
 
