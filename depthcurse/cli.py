@@ -162,7 +162,9 @@ if __name__ == "__main__":
 
 @app.command("evaluate")
 def evaluate_command(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder with tokenizer.json.")],
+    checkpoint: Annotated[
+        Path, typer.Argument(help="Checkpoint folder, or a run folder (its latest checkpoint).")
+    ],
     tasks: Annotated[
         str, typer.Option(help="Comma-separated tasks: induction, variable_assignment, arithmetic.")
     ] = "induction,variable_assignment,arithmetic",
@@ -178,7 +180,16 @@ def evaluate_command(
     from depthcurse.checkpoint import CheckpointError, load_checkpoint
     from depthcurse.data import load_tokenizer, open_tokens
     from depthcurse.evals import PrimitiveError, TokenizerError, evaluate, heldout_nll
+    from depthcurse.sources import CHECKPOINTS_DIR, LoadError, select_checkpoint
 
+    if not checkpoint.exists():
+        raise typer.BadParameter(f"{checkpoint} does not exist; pass a checkpoint or run folder")
+    if (checkpoint / CHECKPOINTS_DIR).is_dir() and not (checkpoint / "tokenizer.json").is_file():
+        try:
+            checkpoint = select_checkpoint(checkpoint)  # a run folder: its latest checkpoint
+        except LoadError as err:
+            raise typer.BadParameter(str(err)) from err
+        typer.echo(f"evaluating {checkpoint}")
     tokenizer_file = checkpoint / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise typer.BadParameter(f"{tokenizer_file} not found; save the checkpoint with its tokenizer")

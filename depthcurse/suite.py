@@ -73,6 +73,40 @@ class SuiteOptions:
     seed: int = 0
     """Seed of prompt sampling, bootstraps and generated tasks."""
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first option whose type or value is invalid."""
+        from depthcurse.config import ConfigError
+
+        def fail(name: str, rule: str) -> None:
+            raise ConfigError(
+                f"analysis option {name} = {getattr(self, name)!r} is invalid: it must be {rule}"
+            )
+
+        minimum = {
+            "n_prompts": 1, "prompt_tokens": 2, "batch_size": 1, "tuned_lens_steps": 0,
+            "tuned_lens_tokens": 1, "eval_n_per_level": 1, "eval_shots": 0,
+            "depth_score_prompts": 1, "block_size": 1, "seed": 0,
+        }
+        for name, low in minimum.items():
+            value = getattr(self, name)
+            if name == "block_size" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                fail(name, f"an integer >= {low}" + (" or none" if name == "block_size" else ""))
+        if not isinstance(self.depth_score_per_level, bool):
+            fail("depth_score_per_level", "true or false")
+        if self.skip_mode not in ("current", "future"):
+            fail("skip_mode", '"current" or "future"')
+        parts = ("layer", "attn", "mlp")
+        if isinstance(self.skip_parts, str):
+            self.skip_parts = (self.skip_parts,)
+        self.skip_parts = tuple(self.skip_parts)
+        if not self.skip_parts or any(part not in parts for part in self.skip_parts):
+            fail("skip_parts", f"a non-empty list drawn from {list(parts)}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -81,10 +115,13 @@ class SuiteOptions:
         from depthcurse.config import check_keys
 
         check_keys(cls, values, "analysis option")
-        values = dict(values)
-        if "skip_parts" in values:
-            values["skip_parts"] = tuple(values["skip_parts"])
-        return cls(**values)
+        # Set the fields one by one, then validate: values from TOML or the command
+        # line may have any type, and the error should name the option.
+        options = cls()
+        for name, value in values.items():
+            setattr(options, name, value)
+        options.validate()
+        return options
 
 
 def progress_bars() -> bool:

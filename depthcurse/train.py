@@ -731,6 +731,12 @@ def run_header(trainer: Trainer) -> list[str]:
     rt, cfg, model_cfg, plan = trainer.runtime, trainer.cfg, trainer.model_cfg, trainer.plan
     fraction = compute_fraction(model_cfg, plan.depths, plan.lengths, cfg.seq_len)
     layer_fraction = compute_fraction(model_cfg, plan.depths, plan.lengths, cfg.seq_len, layers_only=True)
+    warnings = []
+    if cfg.warmup_steps >= cfg.max_steps:
+        warnings.append(
+            f"warning: warmup_steps ({cfg.warmup_steps}) >= max_steps ({cfg.max_steps}), so the "
+            f"learning rate never reaches its peak lr={cfg.lr}; lower it with --set warmup_steps=N"
+        )
     return [
         f"depthcurse {__version__} | git {git_revision()} | torch {torch.__version__} | "
         f"python {sys.version.split()[0]}",
@@ -743,7 +749,7 @@ def run_header(trainer: Trainer) -> list[str]:
         f"global batch {trainer.tokens_per_step:,} tokens/step; {plan.describe()}",
         f"compute: this schedule uses {fraction:.3f} of the full-depth baseline's training FLOPs "
         f"({layer_fraction:.3f} of its layer FLOPs)",
-    ]
+    ] + warnings
 
 
 # ---------------------------------------------------------------------------

@@ -69,6 +69,7 @@ def main(out: Path, checkpoint: Path | None = None) -> list[Path]:
         print(model.depthcurse_info.describe())
         tables.append(run_suite(model, only=ANALYSES, options=options, label=label))
     both = {name: pd.concat([t[name] for t in tables], ignore_index=True) for name in ANALYSES}
+    print("mean relative contribution ||a+m|| / ||h|| over the first and second half of the layers:")
     print(depth_halves(both["contributions"]))
     return make_figures(both, out / "figures")
 

@@ -159,6 +159,25 @@ def test_analyze_bad_suite_option(tiny_checkpoints, tmp_path):
     assert "KEY=VALUE" in result.output
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("tuned_lens_steps=abc", "tuned_lens_steps = 'abc' is invalid: it must be an integer >= 0"),
+        ("batch_size=2.5", "batch_size = 2.5 is invalid: it must be an integer >= 1"),
+        ("depth_score_prompts=-3", "depth_score_prompts = -3 is invalid"),
+        ("skip_mode=bogus", "skip_mode = 'bogus' is invalid"),
+        ('skip_parts=["layer", "ffn"]', "skip_parts = ('layer', 'ffn') is invalid"),
+    ],
+)
+def test_analyze_bad_option_value_rejected_first(tiny_checkpoints, tmp_path, setting, message):
+    out = tmp_path / "out"
+    result = invoke("analyze", str(tiny_checkpoints["a"]), "--out", str(out), "--option", setting)
+    assert result.exit_code == 2
+    text = " ".join(result.output.replace("│", " ").split())
+    assert message in text
+    assert not out.exists(), "no analysis may run before the options are checked"
+
+
 def test_compare_missing_second_source(tiny_checkpoints, tmp_path):
     result = invoke("compare", str(tiny_checkpoints["a"]), str(tmp_path / "nowhere"),
                     "--out", str(tmp_path / "cmp"))

@@ -706,3 +706,34 @@ def test_evaluate_command_writes_table(small_config, tmp_path, tokenizer):
     bad = CliRunner().invoke(app, ["evaluate", str(tmp_path / "c"), "--tasks", "logic"])
     assert bad.exit_code != 0
     assert "'logic'" in bad.output
+
+
+def test_evaluate_command_run_folder_and_long_prompts(small_config, tmp_path, tokenizer):
+    from typer.testing import CliRunner
+
+    from depthcurse.checkpoint import save_checkpoint
+    from depthcurse.cli import app
+
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    model = DepthcurseLM(small_config.replace(vocab_size=400, max_seq_len=256))
+    run = tmp_path / "run"
+    save_checkpoint(
+        run / "checkpoints" / "step-000010", model, tokenizer_file=tmp_path / "tokenizer.json",
+        metadata={"step": 10},
+    )
+    args = ["evaluate", str(run), "--tasks", "arithmetic", "--n-per-level", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "step-000010" in result.output
+
+    missing = CliRunner().invoke(app, ["evaluate", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2
+    assert "does not exist" in " ".join(missing.output.replace("│", " ").split())
+
+    # Many shots make prompts longer than the model's 256 positions; the error
+    # names the task, the level and the options that shorten them.
+    long = CliRunner().invoke(app, [*args, "--shots", "60"])
+    assert long.exit_code == 2
+    text = " ".join(long.output.replace("│", " ").split())
+    assert "(arithmetic, level" in text
+    assert "--shots" in text and "--tasks" in text

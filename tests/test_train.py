@@ -562,3 +562,14 @@ def test_retained_memory_not_faulted_again():
     assert retained == "True"
     # Once the heap has grown to the step's peak, later steps reuse its pages.
     assert faults < 1_000
+
+
+def test_header_warns_when_warmup_outlasts_run(corpus, tmp_path):
+    out = tmp_path / "run"
+    train(run_config(corpus, warmup_steps=12), out)
+    log = (out / "train.log").read_text()
+    assert "warning: warmup_steps (12) >= max_steps (12)" in log
+    assert "--set warmup_steps=N" in log
+    normal = tmp_path / "normal"
+    train(run_config(corpus), normal)
+    assert "warning: warmup_steps" not in (normal / "train.log").read_text()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -78,7 +77,9 @@ class Conventions:
     ) -> Conventions:
         info = getattr(model, "depthcurse_info", None)
         if model_name is None:
-            model_name = Path(info.source).name if info is not None else type(model).__name__
+            from depthcurse.sources import checkpoint_label
+
+            model_name = checkpoint_label(info.source) if info is not None else type(model).__name__
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         return cls(
             model=model_name,

@@ -206,11 +206,15 @@ def evaluate(
     )
     prompt_set = instances_to_prompt_set(instances, tokenizer)
     max_len = getattr(getattr(model, "cfg", None), "max_seq_len", None)
-    longest = max(len(p.token_ids) for p in prompt_set.prompts)
+    longest_prompt = max(prompt_set.prompts, key=lambda p: len(p.token_ids))
+    longest = len(longest_prompt.token_ids)
     if isinstance(max_len, int) and longest > max_len:
+        task = longest_prompt.labels.get("task", "?")
+        level = longest_prompt.labels.get("level", "?")
         raise ValueError(
-            f"the longest prompt has {longest} tokens but the model's max_seq_len is {max_len}; "
-            "lower shots or the levels"
+            f"the longest prompt ({task}, level {level}) has {longest} tokens but the model's "
+            f"max_seq_len is {max_len}; use fewer shots (now {shots}; --shots on the command "
+            f"line), leave out {task} (--tasks), or pass levels without level {level}"
         )
     correct = score_prompt_set(model, prompt_set, batch_size)
     for prompt, ok in zip(prompt_set.prompts, correct, strict=True):
