@@ -630,3 +630,18 @@ def test_lens_layers_subset(trained_model, prompts, stats):
     np.testing.assert_allclose(subset["value"], full["value"], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="lens_layers"):
         logit_lens(trained_model, prompts, lens_layers=[last + 1])
+
+
+def test_plots_name_metrics_readably(stats):
+    from depthcurse.plots.lens import plot_lens
+    from depthcurse.plots.stream import plot_residual_norms
+
+    fig = plot_lens(stats.logit_lens())
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0] == "KL(p_lens || p_final) (nats)"
+    assert "top-5 overlap with the output" in titles
+    plt.close(fig)
+    fig = plot_residual_norms(stats.residual_norms())
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert sorted(labels) == sorted(["‖h_l‖ (residual in)", "‖a_l‖ (attention out)", "‖m_l‖ (MLP out)"])
+    plt.close(fig)

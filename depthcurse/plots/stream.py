@@ -37,6 +37,19 @@ def _require(table: pd.DataFrame, analysis: str) -> None:
         raise ValueError(f"expected a {analysis} table, got a {found} table")
 
 
+# Legend names of the metrics drawn as lines; other metrics keep their table name.
+METRIC_NAMES = {
+    "norm_h": "‖h_l‖ (residual in)",
+    "norm_a": "‖a_l‖ (attention out)",
+    "norm_m": "‖m_l‖ (MLP out)",
+    "attn": "attention ‖a‖/‖h‖",
+    "mlp": "MLP ‖m‖/‖h+a‖",
+    "layer": "layer ‖a+m‖/‖h‖",
+}
+
+WEIGHT_METRICS = ("W_Q", "W_K", "W_V", "W_O", "gate", "up", "down")
+
+
 def _lines_by_layer(
     table: pd.DataFrame, metrics: list[str], statistic: str, ylabel: str, title: str, log: bool
 ) -> Figure:
@@ -47,7 +60,8 @@ def _lines_by_layer(
         if metric not in metrics:
             continue
         group = group.sort_values("layer")
-        label = metric if table["model"].nunique() == 1 else f"{model}: {metric}"
+        name = METRIC_NAMES.get(metric, metric)
+        label = name if table["model"].nunique() == 1 else f"{model}: {name}"
         ax.plot(group["layer"], group["value"], marker="o", markersize=3, label=label)
     ax.set_xlabel("layer l")
     integer_ticks(ax.xaxis)
@@ -125,7 +139,10 @@ def plot_layer_similarity(table: pd.DataFrame, metrics: list[str] | None = None)
     for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     fig.colorbar(image, ax=axes, shrink=0.8, label="cosine")
-    fig.suptitle("Layer similarity", fontsize=10)
+    if all(metric in WEIGHT_METRICS for metric in metrics):
+        fig.suptitle("Weight similarity: cosine of flattened per-layer weights", fontsize=10)
+    else:
+        fig.suptitle("Layer similarity", fontsize=10)
     fig.text(0.5, 0.005, caption(table), ha="center", fontsize=7)
     return fig
 
