@@ -365,3 +365,21 @@ def test_legend_outside_gathers_panels():
     legend = legend_outside(right, gather=[left])
     assert [t.get_text() for t in legend.get_texts()] == ["text", "code"]
     assert left.get_legend() is None
+
+
+def test_intervention_panels_have_titles(suite_tables):
+    from depthcurse.plots.interventions import plot_periodicity, plot_pruning, plot_symmetry
+
+    fig = plot_pruning(suite_tables["a"]["pruning"])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles[:3] == [
+        "block influence",
+        "loss increase when the layer is removed",
+        "angular distance of h_l and h_l+n",
+    ]
+    fig = plot_symmetry(suite_tables["a"]["symmetry"])
+    assert fig.axes[0].get_title().startswith("Mirror asymmetry (0 = symmetric")
+    fig = plot_periodicity(suite_tables["a"]["periodicity"])
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert all("(period " in text or "(no dominant period)" in text for text in texts)
+    assert not any("period none" in text for text in texts)

@@ -112,17 +112,20 @@ def plot_pruning(table: pd.DataFrame) -> Figure:
     bi = table[table["metric"] == "block_influence"].sort_values("layer")
     ax_bi.bar(bi["layer"], bi["value"])
     ax_bi.set_xlabel("layer")
-    ax_bi.set_ylabel("block influence")
+    ax_bi.set_ylabel("1 − mean cos(h_l, h_(l+1))")
+    ax_bi.set_title("block influence", fontsize=9)
     nll = table[table["metric"] == "delta_nll_remove"].sort_values("layer")
     ax_nll.bar(nll["layer"], nll["value"])
     ax_nll.set_xlabel("removed layer")
     ax_nll.set_ylabel("Δ NLL (nats/token)")
+    ax_nll.set_title("loss increase when the layer is removed", fontsize=9)
     angle = table[table["metric"] == "angular_distance"]
     grid = angle.pivot_table(index="span", columns="layer", values="value")
     image = ax_angle.imshow(grid.to_numpy(float), cmap="viridis", aspect="auto", vmin=0)
     ax_angle.set_yticks(range(len(grid.index)), [str(n) for n in grid.index])
     ax_angle.set_xlabel("first layer l")
     ax_angle.set_ylabel("span n")
+    ax_angle.set_title("angular distance of h_l and h_l+n", fontsize=9)
     fig.colorbar(image, ax=ax_angle, label="angular distance d(l, l+n)")
     return fig
 
@@ -152,7 +155,8 @@ def plot_periodicity(table: pd.DataFrame) -> Figure:
     for name, (_, group) in zip(names, groups, strict=True):
         curve = group[group["metric"] == "autocorrelation"].sort_values("lag")
         period = group.loc[group["metric"] == "dominant_period", "value"]
-        label = f"{name} (period {'none' if period.isna().all() else int(period.iloc[0])})"
+        found = "no dominant period" if period.isna().all() else f"period {int(period.iloc[0])}"
+        label = f"{name} ({found})"
         ax.plot(curve["lag"].astype(int), curve["value"], marker=".", label=label)
     ax.axhline(0, color="grey", linewidth=0.5)
     ax.set_xlabel("lag (layers)")
@@ -174,7 +178,9 @@ def plot_symmetry(table: pd.DataFrame) -> Figure:
     for index, region in enumerate(grid.columns):
         ax.bar(np.arange(len(grid)) + index * width, grid[region], width=width, label=region)
     ax.set_xticks(np.arange(len(grid)), grid.index)
+    ax.set_xlabel("similarity matrix S (layer × layer)")
     ax.set_ylabel("‖S − JSJ‖ / ‖S‖")
+    ax.set_title("Mirror asymmetry (0 = symmetric; J reverses the layer order)", fontsize=9)
     legend_outside(ax)
     return fig
 
