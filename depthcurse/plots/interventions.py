@@ -150,7 +150,7 @@ def plot_periodicity(table: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(6, 3), layout="constrained")
     ax = fig.subplots()
     groups = list(table.groupby("sequence", sort=False))
-    # Sequence names repeat the model's source path and statistic: keep the parts that differ.
+    # Sequence names repeat the model label and statistic: keep the parts that differ.
     names = short_labels([str(name) for name, _ in groups])
     for name, (_, group) in zip(names, groups, strict=True):
         curve = group[group["metric"] == "autocorrelation"].sort_values("lag")
