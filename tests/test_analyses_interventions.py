@@ -518,5 +518,9 @@ def test_plots_draw_from_tables(bridge, other_bridge, prompts, tmp_path):
         assert figure.axes, name
         figure.savefig(tmp_path / f"{name}.png")
         assert (tmp_path / f"{name}.png").stat().st_size > 0
+    # The linear-map figure names both models: which one the maps start from matters.
+    map_axes = figures["map"].axes[0]
+    assert "→" in map_axes.get_title()
+    assert map_axes.get_xlabel() != "target layer (model B)"
     with pytest.raises(ValueError, match="skip_effects"):
         plots.plot_skip_matrix(pd.DataFrame({"value": [1.0]}))

@@ -191,8 +191,12 @@ def plot_linear_map(table: pd.DataFrame) -> Figure:
     grid = table.pivot_table(index="source_layer", columns="target_layer", values="value")
     fig = Figure(figsize=(5, 4), layout="constrained")
     ax = fig.subplots()
-    image = ax.imshow(grid.to_numpy(float), cmap="viridis_r", origin="lower", aspect="auto")
-    ax.set_xlabel("target layer (model B)")
-    ax.set_ylabel("source layer (model A)")
+    image = ax.imshow(grid.to_numpy(float), cmap="viridis", origin="lower", aspect="auto")
+    source, target = "model A", "model B"
+    if {"source_model", "target_model"} <= set(table.columns):
+        source, target = str(table["source_model"].iloc[0]), str(table["target_model"].iloc[0])
+    ax.set_xlabel(f"target layer ({target})")
+    ax.set_ylabel(f"source layer ({source})")
+    ax.set_title(f"Linear maps {source} → {target} (dark = low error)", fontsize=9)
     fig.colorbar(image, ax=ax, label="relative error ‖ŷ − y‖ / ‖y‖")
     return fig
