@@ -109,6 +109,13 @@ def _lens_overlay(table: pd.DataFrame) -> Figure:
     )
 
 
+# Axis names of the long tables' index columns, as the single-model figures write them.
+AXIS_NAMES = {
+    ("skip_layer", "layer"): ("skipped layer s", "effect at layer j"),
+    ("layer", "other_layer"): ("layer", "layer"),
+}
+
+
 def _matrix_difference(
     metric_column: str, metric: str, row: str, column: str, title: str, **filters: str
 ) -> Callable:
@@ -121,7 +128,8 @@ def _matrix_difference(
         if rows.empty:
             raise ValueError(f"no {metric} rows to compare")
         matrices = [layer_matrix(rows[rows["model"] == m], row, column) for m in models]
-        return plot_difference(*matrices, models, title=title, axis_labels=(row, column))
+        names = AXIS_NAMES.get((row, column), (row, column))
+        return plot_difference(*matrices, models, title=title, axis_labels=names)
 
     return draw
 

@@ -383,3 +383,19 @@ def test_intervention_panels_have_titles(suite_tables):
     texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert all("(period " in text or "(no dominant period)" in text for text in texts)
     assert not any("period none" in text for text in texts)
+
+
+def test_comparison_figures_name_axes_and_metrics(suite_tables):
+    from depthcurse.figures import _skip_difference
+    from depthcurse.plots.compare import plot_relative_depth
+
+    both = {
+        name: pd.concat([suite_tables["a"][name], suite_tables["b"][name]], ignore_index=True)
+        for name in ("skip_effects", "contributions")
+    }
+    fig = _skip_difference(both["skip_effects"], ("a", "b"))
+    assert fig.axes[0].get_xlabel().endswith("effect at layer j")
+    assert fig.axes[0].get_ylabel().endswith("skipped layer s")
+    fig = plot_relative_depth(both["contributions"], ["attn", "layer"])
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["attention ‖a‖/‖h‖", "layer ‖a+m‖/‖h‖"]
+    assert fig.axes[0].get_ylabel() == "mean over tokens"

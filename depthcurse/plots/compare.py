@@ -52,15 +52,27 @@ def plot_relative_depth(
             label = " / ".join(map(str, key)) if isinstance(key, tuple) else str(key)
             curve = curve.sort_values("depth")
             ax.plot(curve["depth"], curve["value"], marker="o", markersize=2.5, label=label)
-        ax.set_title(metric, fontsize=8)
+        ax.set_title(metric_title(table, metric), fontsize=8)
         ax.set_xlabel(xlabel)
         if log:
             ax.set_yscale("log")
-    axes[0].set_ylabel(statistic)
+    axes[0].set_ylabel(f"{statistic} over tokens")
     legend_outside(axes[-1], fontsize=6)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
+
+
+def metric_title(table: pd.DataFrame, metric: str) -> str:
+    """Return the panel title that the single-model figures give `metric`."""
+    from depthcurse.plots.lens import panel_title
+    from depthcurse.plots.stream import METRIC_NAMES
+
+    if metric in METRIC_NAMES:
+        return METRIC_NAMES[metric]
+    if "lens" in table.columns:
+        return panel_title(table, metric)
+    return metric
 
 
 def resample(matrix: np.ndarray, size: int) -> np.ndarray:
