@@ -399,3 +399,17 @@ def test_comparison_figures_name_axes_and_metrics(suite_tables):
     fig = plot_relative_depth(both["contributions"], ["attn", "layer"])
     assert [ax.get_title() for ax in fig.axes[:2]] == ["attention ‖a‖/‖h‖", "layer ‖a+m‖/‖h‖"]
     assert fig.axes[0].get_ylabel() == "mean over tokens"
+
+
+def test_depth_score_ticks_read_as_words():
+    from depthcurse.plots.interventions import plot_depth_scores
+
+    table = pd.DataFrame({
+        "prompt_set": ["validation", "variable_assignment/level=2"],
+        "source": ["layer_effect", "layer_effect"],
+        "value": [3.0, 4.0], "ci_low": [2.5, 3.5], "ci_high": [3.5, 4.5],
+    })
+    fig = plot_depth_scores(table)
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert ticks == ["validation", "variable assignment, level 2"]
+    assert fig.axes[0].get_title() == "from skip effects on later layers"

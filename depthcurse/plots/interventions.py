@@ -65,6 +65,17 @@ def plot_output_change(table: pd.DataFrame) -> Figure:
     return fig
 
 
+SOURCE_TITLES = {
+    "layer_effect": "from skip effects on later layers",
+    "output_effect": "from skip effects on the output",
+}
+
+
+def prompt_set_label(name: str) -> str:
+    """Return a tick label for a prompt-set key, e.g. "variable_assignment/level=2" -> "variable assignment, level 2"."""
+    return name.replace("/level=", ", level ").replace("_", " ")
+
+
 def plot_depth_scores(table: pd.DataFrame) -> Figure:
     """Draw the depth score per prompt set with its bootstrap interval, per effect source."""
     _require(table, {"prompt_set", "source", "value", "ci_low", "ci_high"}, "depth_score")
@@ -73,13 +84,13 @@ def plot_depth_scores(table: pd.DataFrame) -> Figure:
     axes = np.atleast_1d(fig.subplots(1, len(sources)))
     for ax, source in zip(axes, sources, strict=True):
         group = table[table["source"] == source]
-        labels = group["prompt_set"].astype(str).to_list()
+        labels = [prompt_set_label(name) for name in group["prompt_set"].astype(str)]
         values = group["value"].to_numpy(float)
         errors = np.abs(np.vstack([values - group["ci_low"], group["ci_high"] - values]))
         ax.bar(range(len(values)), values, yerr=errors, capsize=3)
         ax.set_xticks(range(len(values)), labels, rotation=30, ha="right")
-        ax.set_title(source.replace("_", " "))
-        ax.set_ylabel("depth score (layer)")
+        ax.set_title(SOURCE_TITLES.get(source, source.replace("_", " ")), fontsize=9)
+        ax.set_ylabel("depth score (0-based layer)")
     return fig
 
 
