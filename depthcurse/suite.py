@@ -115,8 +115,8 @@ class SuiteOptions:
         from depthcurse.config import check_keys
 
         check_keys(cls, values, "analysis option")
-        # Set the fields one by one, then validate: values from TOML or the command
-        # line may have any type, and the error should name the option.
+        # Set the fields one by one, then validate, because values from TOML or the
+        # command line may have any type and the error should name the option.
         options = cls()
         for name, value in values.items():
             setattr(options, name, value)
@@ -275,26 +275,15 @@ def _tuned_lens(model: Any, prompts: Any, options: SuiteOptions, shared: dict) -
 def _skip_effects(model: Any, prompts: Any, options: SuiteOptions, shared: dict) -> pd.DataFrame:
     from depthcurse.analyses.skip_effects import (
         skip_effect_arrays_by_part,
-        skip_effects,
         skip_effects_from_arrays,
     )
 
-    # Pruning's layer removals are the current-mode layer skips: compute their NLL here.
+    # Pruning's layer removals are the current-mode layer skips, so compute their NLL here.
     reusable = (
         "pruning" in shared["analyses"]
         and "layer" in options.skip_parts
         and options.skip_mode == "current"
     )
-    if not reusable:
-        return skip_effects(
-            model,
-            prompts,
-            parts=options.skip_parts,
-            mode=options.skip_mode,
-            batch_size=options.batch_size,
-            seed=options.seed,
-            progress=progress_bars(),
-        )
     by_part = skip_effect_arrays_by_part(
         model,
         prompts,
@@ -303,9 +292,10 @@ def _skip_effects(model: Any, prompts: Any, options: SuiteOptions, shared: dict)
         batch_size=options.batch_size,
         seed=options.seed,
         progress=progress_bars(),
-        removal_nll=True,
+        removal_nll=reusable,
     )
-    shared["skip_arrays_layer_current"] = by_part["layer"]
+    if reusable:
+        shared["skip_arrays_layer_current"] = by_part["layer"]
     return skip_effects_from_arrays(model, prompts, by_part, mode=options.skip_mode)
 
 

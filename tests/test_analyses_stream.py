@@ -221,7 +221,8 @@ def test_lens_metrics_match_float64_reference(kl_direction, spread):
     torch.testing.assert_close(got["entropy"].double(), entropy, atol=tolerance, rtol=1e-5)
     keep = targets >= 0
     torch.testing.assert_close(got["loss"][keep].double(), loss[keep], atol=tolerance, rtol=1e-5)
-    assert torch.isnan(got["loss"][3]) and torch.isnan(got["accuracy"][3])
+    assert torch.isnan(got["loss"][3])
+    assert torch.isnan(got["accuracy"][3])
     top1 = lens_logits.argmax(-1)
     assert torch.equal(got["top1_agreement"].bool(), top1 == final_logits.argmax(-1))
     overlap = [
@@ -506,7 +507,8 @@ def test_least_squares_start_beats_zero_start(trained_model, held_out, prompts):
     zero = train_tuned_lens(trained_model, held_out, steps=0, init="zero", save=False)
     assert fitted.metadata["init"] == "least_squares"
     for translator in zero.translators:
-        assert not translator.weight.any() and not translator.bias.any()
+        assert not translator.weight.any()
+        assert not translator.bias.any()
     fitted_table = tuned_lens(trained_model, prompts, lens=fitted, kl_direction="final||lens")
     zero_table = tuned_lens(trained_model, prompts, lens=zero, kl_direction="final||lens")
     logit = logit_lens(trained_model, prompts, kl_direction="final||lens")

@@ -736,4 +736,5 @@ def test_evaluate_command_run_folder_and_long_prompts(small_config, tmp_path, to
     assert long.exit_code == 2
     text = " ".join(long.output.replace("│", " ").split())
     assert "(arithmetic, level" in text
-    assert "--shots" in text and "--tasks" in text
+    assert "--shots" in text
+    assert "--tasks" in text

@@ -68,8 +68,9 @@ def ridge_fit(
 ) -> tuple[Float[Tensor, "d_in d_out"], Float[Tensor, " d_out"]]:
     """Return (weight, bias) of the ridge fit y ≈ x @ weight + bias, solved in float64.
 
-    The bias is not penalised; the penalty is ridge · tr(X_cᵀ X_c) / d_in with
-    X_c the centred inputs (floored at 1e-12 so constant inputs still solve).
+    The penalty is ridge · tr(X_cᵀ X_c) / d_in, with X_c the centred inputs, and
+    the bias is not penalised. The penalty is floored at 1e-12, so constant
+    inputs still give a solution.
     """
     x, y = x.double(), y.double()
     x_mean, y_mean = x.mean(0), y.mean(0)
