@@ -4,6 +4,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+from pathlib import Path  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
@@ -475,6 +477,37 @@ def test_symmetry_scores_of_model(bridge):
     assert set(table["region"]) == {"all", "middle"}
     assert table["value"].notna().all()
 
+
+
+def test_symmetry_reads_every_weight_source(bridge):
+    from safetensors.torch import load_file
+
+    from depthcurse.analyses.symmetry import weight_similarity
+    from depthcurse.checkpoint import load_checkpoint
+
+    folder = Path(bridge.depthcurse_info.source)
+    hf_model = bridge.original_model
+    state = load_file(folder / "model.safetensors")
+    model, _ = load_checkpoint(folder)
+    # Hand-computed reference: cosines of each layer's concatenated, flattened weights.
+    names = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    vectors = torch.stack(
+        [
+            torch.cat([state[f"model.layers.{layer}.{name}.weight"].flatten() for name in names])
+            for layer in range(N_LAYERS)
+        ]
+    ).double()
+    unit = vectors / vectors.norm(dim=-1, keepdim=True)
+    expected = (unit @ unit.T).numpy()
+    # float32 cosines over a few thousand entries round far below 1e-5.
+    for source in (bridge, hf_model, model, state):
+        np.testing.assert_allclose(weight_similarity(source), expected, atol=1e-5)
+    from_state = symmetry_scores(state, block_size=BLOCK)
+    from_bridge = symmetry_scores(bridge)
+    np.testing.assert_allclose(from_state["value"], from_bridge["value"], atol=1e-6)
+    assert from_state["model"].iloc[0] == ""
+    assert symmetry_scores(model)["model"].iloc[0] == "DepthcurseLM"
 
 # --- linear maps ------------------------------------------------------------------------
 

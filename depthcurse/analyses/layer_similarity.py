@@ -121,11 +121,12 @@ DEPTHCURSE_MODULES = {
 
 
 def layer_weights(model: Any) -> dict[str, list[Tensor]]:
-    """Return each module's weight per layer.
+    """Return each module's weight per layer, keyed by the names of `MODULES`.
 
-    `model` is a `TransformerBridge`, a `DepthcurseLM`, or a state dict with
-    transformers' Llama names (`model.layers.{l}.self_attn.q_proj.weight`), as
-    in a depthcurse checkpoint's `model.safetensors`.
+    `model` is a `TransformerBridge`, a `DepthcurseLM`, a transformers Llama-style
+    causal LM (`model.model.layers`), or a state dict with transformers' Llama names
+    (`model.layers.{l}.self_attn.q_proj.weight`), as in a depthcurse checkpoint's
+    `model.safetensors`.
     """
     if isinstance(model, dict):
         n_layers = 1 + max(
@@ -142,10 +143,17 @@ def layer_weights(model: Any) -> dict[str, list[Tensor]]:
         }
     blocks = getattr(model, "blocks", None)
     if blocks is None:
-        raise TypeError(
-            f"{type(model).__name__} has no blocks; pass a TransformerBridge, a DepthcurseLM "
-            "or a state dict with transformers' Llama names"
-        )
+        inner = getattr(model, "model", None)
+        layers = getattr(inner, "layers", None)
+        if layers is None:
+            raise TypeError(
+                f"{type(model).__name__} has no blocks; pass a TransformerBridge, a DepthcurseLM, "
+                "a transformers Llama-style causal LM or a state dict with transformers' Llama names"
+            )
+        return {
+            module: [layer.get_parameter(suffix) for layer in layers]
+            for module, suffix in MODULES.items()
+        }
     names = BRIDGE_MODULES if hasattr(blocks[0].attn, "q") else DEPTHCURSE_MODULES
     return {
         module: [block.get_submodule(path).weight for block in blocks]

@@ -12,7 +12,8 @@ layers ("all") and over the middle blocks ("middle": layers b..L−b−1, with
 block size b from the growth history or given).
 
 `weight_similarity` builds S from the cosine similarity of one module's
-flattened weights (q, k, v, o, gate, up, down) or of all of them concatenated.
+flattened weights (q, k, v, o, gate, up, down) or of all of them concatenated,
+read per layer by `depthcurse.analyses.layer_similarity.layer_weights`.
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from depthcurse.analyses.engine import decoder_layers, model_label, model_note, unwrap_layer
+from depthcurse.analyses.engine import ArchitectureError, model_label, model_note
+from depthcurse.analyses.layer_similarity import layer_weights
 
+# The names of the symmetry table's `matrix` column, and the `layer_weights` module each reads.
 MODULES = {
-    "q": "q_proj",
-    "k": "k_proj",
-    "v": "v_proj",
-    "o": "o_proj",
-    "gate": "gate_proj",
-    "up": "up_proj",
-    "down": "down_proj",
+    "q": "W_Q",
+    "k": "W_K",
+    "v": "W_V",
+    "o": "W_O",
+    "gate": "gate",
+    "up": "up",
+    "down": "down",
 }
 
 
@@ -47,27 +50,36 @@ def mirror_asymmetry(matrix: np.ndarray) -> float:
     return float(np.linalg.norm(s - s[::-1, ::-1]) / norm)
 
 
-def _layer_weight(layer: Any, suffix: str) -> torch.Tensor:
-    for name, parameter in unwrap_layer(layer).named_parameters():
-        parts = [p for p in name.split(".") if p != "_original_component"]
-        if parts[-2:] == [suffix, "weight"]:
-            return parameter.detach()
-    raise ValueError(f"layer {type(layer).__name__} has no {suffix}.weight")
-
-
 def weight_similarity(model: Any, module: str = "all") -> np.ndarray:
-    """Return the L × L cosine similarity of each layer's flattened `module` weights."""
+    """Return the L × L cosine similarity of each layer's flattened `module` weights (float64).
+
+    `model` is anything `layer_weights` reads: a `TransformerBridge`, a `DepthcurseLM`,
+    a transformers Llama-style causal LM or a state dict with transformers' Llama names.
+    Module "all" concatenates the seven weight matrices of each layer.
+    """
     if module != "all" and module not in MODULES:
         raise ValueError(f"module must be 'all' or one of {sorted(MODULES)}, got {module!r}")
-    suffixes = list(MODULES.values()) if module == "all" else [MODULES[module]]
+    weights = layer_weights(model)
+    names = list(MODULES.values()) if module == "all" else [MODULES[module]]
+    n_layers = len(weights[names[0]])
     vectors = torch.stack(
         [
-            torch.cat([_layer_weight(layer, s).float().flatten() for s in suffixes])
-            for layer in decoder_layers(model)
+            torch.cat([weights[name][layer].detach().float().flatten() for name in names])
+            for layer in range(n_layers)
         ]
     )
     vectors = torch.nn.functional.normalize(vectors, dim=-1)
     return (vectors @ vectors.T).cpu().numpy().astype(np.float64)
+
+
+def _label_and_note(source: Any) -> tuple[str, str]:
+    """Return the `model` and `note` columns for a model. A state dict has neither."""
+    if isinstance(source, dict):
+        return "", ""
+    try:
+        return model_label(source), model_note(source)
+    except ArchitectureError:  # a DepthcurseLM has no transformers model inside to name it
+        return type(source).__name__, ""
 
 
 def symmetry_scores(
@@ -78,16 +90,16 @@ def symmetry_scores(
 ) -> pd.DataFrame:
     """Return the mirror asymmetry of similarity matrices, over all layers and the middle blocks.
 
-    `source` is a model (weight similarity per module in `modules`) or one
-    square similarity matrix. Without a block size (given, or from the growth
-    history of a model) only the "all" region is reported.
+    `source` is a model or a state dict (weight similarity per module in `modules`,
+    see `weight_similarity`) or one square similarity matrix. Without a block size
+    (given, or from the growth history of a model) only the "all" region is reported.
     """
     if isinstance(source, np.ndarray | torch.Tensor):
         matrices = {"matrix": np.asarray(source, dtype=np.float64)}
         label, note = "", ""
     else:
         matrices = {m: weight_similarity(source, m) for m in modules}
-        label, note = model_label(source), model_note(source)
+        label, note = _label_and_note(source)
         if block_size is None and getattr(source, "depthcurse_info", None) is not None:
             from depthcurse.analyses.perturbations import block_size_of
 
