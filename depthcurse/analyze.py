@@ -10,7 +10,8 @@
   hash, analysis and options, so a second run computes nothing;
 - `report.md` (compare only): the summary metrics of both models side by side.
 
-Models of different depth are compared on relative depth l / (L − 1). Each
+Models of different depth are compared on relative depth l / L (layer index
+over the number of layers, see `depthcurse.plots.compare`). Each
 model reads validation prompts tokenized by its own tokenizer. The
 cross-model linear map needs both models to read the same token ids, so it
 runs only when the tokenizers are identical.
@@ -218,12 +219,20 @@ def _row(model: str, metric: str, value: float, low: float = np.nan, high: float
 
 
 def _halves(table: pd.DataFrame, metric: str, name: str) -> list[dict]:
-    """Mean of a per-layer metric over the first and second half of relative depth."""
+    """Return summary rows: a per-layer metric's mean over each half of relative depth l / L.
+
+    With an odd number of layers L the middle layer straddles relative depth 0.5, so it
+    belongs to neither half, as in `depthcurse.analyses.compare_halves`.
+    """
+    from depthcurse.plots.compare import layer_counts
+
     rows = []
     chosen = table[(table["metric"] == metric) & (table["statistic"] == "mean")]
     for model, group in chosen.groupby("model", sort=False):
-        depth = group["layer"] / max(group["layer"].max(), 1)
-        first, second = group[depth < 0.5]["value"].mean(), group[depth >= 0.5]["value"].mean()
+        n_layers = int(layer_counts(group).iloc[0])
+        half = n_layers // 2
+        first = group[group["layer"] < half]["value"].mean()
+        second = group[group["layer"] >= n_layers - half]["value"].mean()
         rows.append(_row(model, f"{name}, first half (mean over layers)", first))
         rows.append(_row(model, f"{name}, second half (mean over layers)", second))
         rows.append(_row(model, f"{name}, second half / first half", second / first))
@@ -313,6 +322,65 @@ def comparison_table(summary: pd.DataFrame, labels: tuple[str, str]) -> list[str
     return lines
 
 
+def _depth_ranges(labels: tuple[str, str], n_layers: tuple[int, int], offset: int) -> str:
+    """Return each model's depth-score range 0 to L − offset, as "A (LABEL): 0 to N, B (LABEL): ..."."""
+    return ", ".join(
+        f"{name} ({label}): 0 to {layers - offset}"
+        for name, label, layers in zip(("A", "B"), labels, n_layers, strict=True)
+    )
+
+
+def metric_definitions(
+    summary: pd.DataFrame,
+    tables: dict[str, pd.DataFrame],
+    labels: tuple[str, str],
+    n_layers: tuple[int, int],
+) -> list[str]:
+    """Return a Markdown bullet defining each term of the summary's metric names that needs one.
+
+    Only terms that occur in `summary` are defined: the depth score from layer effects
+    (`layer_effect`) and from output effects (`output_effect`), and mirror asymmetry.
+    """
+    metrics = set(summary["metric"])
+    lines = []
+    if any(metric.endswith(", layer_effect") for metric in metrics):
+        scores = tables.get("depth_score")
+        settings = ""
+        if scores is not None and {"mode", "reduction", "statistic"} <= set(scores.columns):
+            first = scores.iloc[0]
+            settings = (
+                f" Here layers are skipped in {first['mode']} mode, and effects are reduced by "
+                f"{first['reduction']} over positions and by {first['statistic']} over prompts."
+            )
+        lines.append(
+            "- **depth score, *prompt set*, layer_effect**: the depth score of Csordás et al. (2025, "
+            "arXiv 2505.13898) on that prompt set, from layer effects. Skipping layer s changes "
+            "the update Δ_j that each later layer j adds to the residual stream by "
+            "E[s, j] = ‖Δ_j^clean − Δ_j^skip‖₂ / ‖Δ_j^clean‖₂. With e_s the mean of E[s, j] over "
+            "j > s, the score Σ_s s·e_s / Σ_s e_s is the centre of mass of e_s over the 0-based "
+            f"layers s. It runs from 0 to L − 2 ({_depth_ranges(labels, n_layers, 2)}). A higher "
+            f"score means that skipping late layers changes more, so the model uses its depth "
+            f"more.{settings}"
+        )
+    if any(metric.endswith(", output_effect") for metric in metrics):
+        lines.append(
+            "- **depth score, *prompt set*, output_effect**: the same centre of mass, with e_s = "
+            "‖p_skip − p_clean‖₂, the L2 distance between the next-token distributions with "
+            "and without layer s (not a KL). It runs from 0 to L − 1 "
+            f"({_depth_ranges(labels, n_layers, 1)})."
+        )
+    if any(metric.startswith("mirror asymmetry of ") for metric in metrics):
+        lines.append(
+            "- **mirror asymmetry of *M* similarity**: ‖S − J S J‖_F / ‖S‖_F, where S is the "
+            "L × L matrix of cosine similarities between the flattened M weights of every "
+            "pair of layers, and J reverses the layer order. M = all concatenates each layer's "
+            "seven weight matrices (q, k, v, o, gate, up, down). It is 0 when S is mirrored "
+            "about the middle layer, a pattern that LIDAS growth is reported to leave, and at "
+            "most 2."
+        )
+    return lines
+
+
 def write_report(result: Analysis, labels: tuple[str, str], models: tuple[Any, Any]) -> Path:
     """Write `report.md` into the output folder: the models, their summary metrics, the notes."""
     summary = summary_metrics(result.tables)
@@ -323,16 +391,20 @@ def write_report(result: Analysis, labels: tuple[str, str], models: tuple[Any, A
                      f"{model.depthcurse_info.describe()}")
     lines += [
         "",
-        "Per-layer curves are drawn on relative depth l / (L − 1) because the models may differ "
-        "in depth. Each model reads validation prompts tokenized by its own tokenizer. "
+        "Per-layer curves are drawn on relative depth l / L, layer index l over the number of "
+        "layers L (the output at 1), because the models may differ in depth. Each model reads "
+        "validation prompts tokenized by its own tokenizer. "
         "Intervals are 95% bootstrap intervals where the analysis computes one. "
         "\"differ?\" compares intervals where both exist and otherwise gives the relative gap.",
         "",
         "## Summary metrics",
         "",
-        *comparison_table(summary, labels),
-        "",
     ]
+    n_layers = (int(models[0].cfg.n_layers), int(models[1].cfg.n_layers))
+    definitions = metric_definitions(summary, result.tables, labels, n_layers)
+    if definitions:
+        lines += ["Terms in the metric names:", "", *definitions, ""]
+    lines += [*comparison_table(summary, labels), ""]
     if "linear_map" in result.tables:
         table = result.tables["linear_map"]
         best = table.loc[table.groupby("source_layer")["value"].idxmin()]

@@ -6,9 +6,9 @@ as PDF and PNG. How a table is drawn depends on what it holds:
 
 - one model: the analysis' own plot (`depthcurse.plots.stream`, `lens`,
   `interventions`, `runs`);
-- several models: per-layer curves overlaid on relative depth l / (L − 1),
-  matrices and bar charts once per model, and for exactly two models a
-  difference heat map;
+- several models: per-layer curves overlaid on relative depth l / L (layer
+  index over the number of layers, so the output h_L is at 1), matrices and bar
+  charts once per model, and for exactly two models a difference heat map;
 - a `step` (or `stage`) column with several values per model: the per-layer
   curves once more with one line per checkpoint, and every other figure from
   each model's last checkpoint.
@@ -104,8 +104,7 @@ def _lens_overlay(table: pd.DataFrame) -> Figure:
     from depthcurse.plots.compare import plot_relative_depth
 
     return plot_relative_depth(
-        table, ["kl", "top5_overlap", "accuracy"], title="Lens read-outs", group="lens",
-        xlabel="relative depth l / L (L = output)",
+        table, ["kl", "top5_overlap", "accuracy"], title="Lens read-outs", group="lens"
     )
 
 
@@ -218,9 +217,11 @@ def _registry() -> tuple[FigureSpec, ...]:
             "depth_score", "depth_score", interventions.plot_depth_scores,
             heading="Depth score",
             caption="Depth score Σ_s s·e_s / Σ_s e_s, the centre of mass over skipped layers s "
-            "of their skip effects e_s, per prompt set with a bootstrap 95% interval. It runs "
-            "from 0 to L − 2 from layer effects and to L − 1 from output effects; higher means "
-            "more use of depth.",
+            "of their skip effects e_s, per prompt set with a bootstrap 95% interval. From "
+            "layer effects, e_s is the mean relative change of the updates of the later layers "
+            "j > s when layer s is skipped, and the score runs from 0 to L − 2. From output "
+            "effects, e_s is ‖p_skip − p_clean‖₂, the change of the next-token distribution, "
+            "and the score runs from 0 to L − 1. Higher means more use of depth.",
         ),
         FigureSpec(
             "perturbations", "perturbations", interventions.plot_perturbations,

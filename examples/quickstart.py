@@ -10,7 +10,7 @@ James Bible) with a 512-token tokenizer and trains a 4-layer MIDAS model for
 relative contributions, logit lens) then run on that model and on the bundled
 public model `smollm2-135m`, which is a Q4_1 GGUF file dequantized to float32
 on load, so its results are those of the quantized model. The figures put both
-models on relative depth l / (L − 1).
+models on relative depth l / L.
 """
 
 from __future__ import annotations

@@ -208,3 +208,63 @@ def test_summary_halves_and_verdicts():
     assert "-1 |" in nll_line
     ratio_line = next(line for line in lines if "second half / first half" in line)
     assert "67% apart, no interval" in ratio_line
+
+
+def test_summary_halves_skip_middle_layer():
+    from depthcurse.analyze import summary_metrics
+
+    # Three layers at relative depth 0, 1/3 and 2/3: the middle one straddles 0.5.
+    contributions = pd.DataFrame({
+        "model": "x", "layer": [0, 1, 2], "metric": "layer", "statistic": "mean",
+        "value": [1.0, 5.0, 3.0],
+    })
+    values = summary_metrics({"contributions": contributions}).set_index("metric")["value"]
+    assert values["relative contribution ‖a+m‖/‖h‖, first half (mean over layers)"] == 1.0
+    assert values["relative contribution ‖a+m‖/‖h‖, second half (mean over layers)"] == 3.0
+
+
+def _report_models(n_layers: tuple[int, int]) -> tuple:
+    from types import SimpleNamespace
+
+    info = SimpleNamespace(describe=lambda: "checkpoint (float32)")
+    return tuple(
+        SimpleNamespace(cfg=SimpleNamespace(n_layers=n, d_model=32), depthcurse_info=info)
+        for n in n_layers
+    )
+
+
+def test_compare_report_defines_terms(tmp_path):
+    from depthcurse.analyze import Analysis, write_report
+
+    scores = pd.DataFrame({
+        "model": ["a", "a", "b", "b"], "prompt_set": "validation",
+        "source": ["layer_effect", "output_effect"] * 2, "value": [1.0, 2.0, 2.5, 3.0],
+        "ci_low": [0.5, 1.5, 2.0, 2.5], "ci_high": [1.5, 2.5, 3.0, 3.5],
+        "mode": "future", "reduction": "max", "statistic": "max",
+    })
+    symmetry = pd.DataFrame({
+        "model": ["a", "b"], "matrix": "all", "region": "all", "value": [0.4, 0.2],
+    })
+    result = Analysis(tmp_path, {"depth_score": scores, "symmetry": symmetry})
+    report = write_report(result, ("a", "b"), _report_models((4, 6))).read_text()
+    terms, table = report.split("| metric |")
+    assert "**depth score, *prompt set*, layer_effect**" in terms
+    assert "E[s, j] = ‖Δ_j^clean − Δ_j^skip‖₂ / ‖Δ_j^clean‖₂" in terms
+    assert "A (a): 0 to 2, B (b): 0 to 4" in terms
+    assert "skipped in future mode" in terms
+    assert "**depth score, *prompt set*, output_effect**" in terms
+    assert "A (a): 0 to 3, B (b): 0 to 5" in terms
+    assert "**mirror asymmetry of *M* similarity**: ‖S − J S J‖_F / ‖S‖_F" in terms
+    assert "| depth score, validation, layer_effect |" in table
+    assert "| mirror asymmetry of all similarity |" in table
+    assert "relative depth l / L" in terms
+
+
+def test_compare_report_defines_only_used_terms(tmp_path):
+    from depthcurse.analyze import Analysis, write_report
+
+    nll = pd.DataFrame({"model": ["a", "b"], "nll": [3.0, 2.0], "nll_low": [2.9, 1.9], "nll_high": [3.1, 2.1]})
+    report = write_report(Analysis(tmp_path, {"heldout_nll": nll}), ("a", "b"), _report_models((4, 6)))
+    text = report.read_text()
+    assert "Terms in the metric names" not in text
+    assert "| held-out NLL (nats/token) |" in text

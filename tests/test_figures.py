@@ -128,13 +128,66 @@ def test_caption_states_conventions(suite_tables):
 
 def test_relative_depth_and_resample():
     table = pd.DataFrame({"model": ["x"] * 3 + ["y"] * 5, "layer": [0, 1, 2, 0, 1, 2, 3, 4]})
-    np.testing.assert_allclose(relative_depth(table), [0, 0.5, 1, 0, 0.25, 0.5, 0.75, 1])
+    np.testing.assert_allclose(relative_depth(table), [0, 1 / 3, 2 / 3, 0, 0.2, 0.4, 0.6, 0.8])
     matrix = np.arange(9.0).reshape(3, 3)
     grown = resample(matrix, 5)
     assert grown.shape == (5, 5)
-    assert grown[0, 0] == 0
+    # Cell k starts at k / 5 and takes the layer l whose span [l / 3, (l + 1) / 3) contains it.
+    np.testing.assert_array_equal(grown[0], [0, 0, 1, 1, 2])
     assert grown[-1, -1] == 8
     assert grown[2, 2] == 4
+
+
+def _residual_norm_rows(model: str, n_layers: int) -> pd.DataFrame:
+    """Rows shaped like `residual_norms`: norm_h at h_0..h_L, norm_a at layers 0..L − 1."""
+    rows = [{"model": model, "layer": layer, "metric": "norm_h"} for layer in range(n_layers + 1)]
+    rows += [{"model": model, "layer": layer, "metric": "norm_a"} for layer in range(n_layers)]
+    return pd.DataFrame(rows).assign(statistic="mean", value=1.0)
+
+
+def test_relative_depth_one_convention():
+    from depthcurse.plots.compare import RELATIVE_DEPTH_LABEL
+
+    norms = _residual_norm_rows("x", 4)
+    depth = relative_depth(norms)
+    # The residual h_l and layer l share l / L, whichever metric the row belongs to.
+    np.testing.assert_allclose(depth[norms["metric"] == "norm_h"], [0, 0.25, 0.5, 0.75, 1])
+    np.testing.assert_allclose(depth[norms["metric"] == "norm_a"], [0, 0.25, 0.5, 0.75])
+    # Each metric alone gives the same values as the whole table.
+    alone = norms[norms["metric"] == "norm_a"]
+    np.testing.assert_allclose(relative_depth(alone), [0, 0.25, 0.5, 0.75])
+
+    lens = pd.DataFrame({"model": "x", "layer": range(5), "metric": "kl", "lens": "logit"})
+    np.testing.assert_allclose(relative_depth(lens), [0, 0.25, 0.5, 0.75, 1])
+    contributions = pd.DataFrame({"model": "x", "layer": range(4), "metric": "layer"})
+    np.testing.assert_allclose(relative_depth(contributions), [0, 0.25, 0.5, 0.75])
+    stated = contributions.iloc[:2].assign(n_layers=4)
+    np.testing.assert_allclose(relative_depth(stated), [0, 0.25])
+    assert "l / L" in RELATIVE_DEPTH_LABEL
+
+
+def test_overlay_curves_share_relative_depth():
+    from depthcurse.figures import _curves, _lens_overlay
+    from depthcurse.plots.compare import RELATIVE_DEPTH_LABEL
+
+    norms = pd.concat([_residual_norm_rows("x", 4), _residual_norm_rows("y", 8)], ignore_index=True)
+    fig = _curves(["norm_h", "norm_a"], "norms")(norms)
+    h_panel, a_panel = fig.axes[:2]
+    assert h_panel.get_xlabel() == RELATIVE_DEPTH_LABEL
+    assert a_panel.get_xlabel() == RELATIVE_DEPTH_LABEL
+    x_h = {line.get_label(): line.get_xdata() for line in h_panel.get_lines()}
+    x_a = {line.get_label(): line.get_xdata() for line in a_panel.get_lines()}
+    np.testing.assert_allclose(x_h["x"], [0, 0.25, 0.5, 0.75, 1])
+    np.testing.assert_allclose(x_a["x"], [0, 0.25, 0.5, 0.75])
+    np.testing.assert_allclose(x_a["y"], np.arange(8) / 8)
+
+    lens = pd.DataFrame({
+        "model": "x", "layer": list(range(5)) * 3, "metric": np.repeat(["kl", "top5_overlap", "accuracy"], 5),
+        "lens": "logit", "statistic": "mean", "value": 1.0,
+    })
+    fig = _lens_overlay(lens)
+    assert fig.axes[0].get_xlabel() == RELATIVE_DEPTH_LABEL
+    np.testing.assert_allclose(fig.axes[0].get_lines()[0].get_xdata(), [0, 0.25, 0.5, 0.75, 1])
 
 
 def _fake_run(folder: Path, cfg, records: list[dict]) -> Path:
@@ -413,3 +466,11 @@ def test_depth_score_ticks_read_as_words():
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert ticks == ["validation", "variable assignment, level 2"]
     assert fig.axes[0].get_title() == "from skip effects on later layers"
+
+
+def test_depth_score_caption_defines_sources():
+    from depthcurse.figures import describe_figure
+
+    caption = describe_figure("depth_score").caption
+    assert "From layer effects, e_s is the mean relative change" in caption
+    assert "From output effects, e_s is ‖p_skip − p_clean‖₂" in caption

@@ -1,9 +1,10 @@
-"""Figures that put several models side by side on relative depth l / (L − 1).
+"""Figures that put several models side by side on relative depth l / L.
 
-Models of different depth share an x axis once each layer index l is divided
-by its model's last layer index L − 1, so layer 0 sits at 0 and the last layer
-at 1. Matrices of different size are compared after nearest-neighbour
-resampling onto a common relative-depth grid.
+Relative depth is one convention for every table and figure: a row's `layer`
+index l divided by its model's number of layers L. Layer l (0..L − 1) and its
+input residual h_l share the value l / L, and the final residual h_L, which
+the logit lens and the residual norms also report, sits at 1. Matrices of
+different size are compared after resampling onto a common relative-depth grid.
 """
 
 from __future__ import annotations
@@ -14,11 +15,38 @@ from matplotlib.figure import Figure
 
 from depthcurse.plots.layout import legend_outside
 
+RELATIVE_DEPTH_LABEL = "relative depth l / L (L layers, output at 1)"
+# Metrics whose `layer` is a residual index l = 0..L (h_L is the final residual). The rows
+# of a lens table (with a `lens` column) are residual indices too. Every other `layer` is
+# a layer index l = 0..L − 1.
+RESIDUAL_METRICS = ("norm_h",)
+
+
+def residual_rows(table: pd.DataFrame) -> pd.Series:
+    """Return, per row, whether its `layer` indexes the residual stream h_0..h_L."""
+    residual = pd.Series(False, index=table.index)
+    if "metric" in table.columns:
+        residual |= table["metric"].isin(RESIDUAL_METRICS)
+    if "lens" in table.columns:
+        residual |= table["lens"].notna()
+    return residual
+
+
+def layer_counts(table: pd.DataFrame, column: str = "layer") -> pd.Series:
+    """Return, per row, the number of layers L of its model.
+
+    An `n_layers` column is used where present. Otherwise L is one more than the
+    model's largest layer index, where a residual row h_l counts as index l − 1.
+    """
+    if "n_layers" in table.columns and table["n_layers"].notna().all():
+        return table["n_layers"].astype(float)
+    last_layer = table[column].astype(float) - residual_rows(table).astype(float)
+    return last_layer.groupby(table["model"]).transform("max") + 1
+
 
 def relative_depth(table: pd.DataFrame, column: str = "layer") -> pd.Series:
-    """Return `column` divided by each model's largest value of it, so every model spans 0 to 1."""
-    top = table.groupby("model")[column].transform("max").astype(float)
-    return table[column].astype(float) / top.where(top > 0, 1.0)
+    """Return `column` divided by each model's number of layers L (see `layer_counts`)."""
+    return table[column].astype(float) / layer_counts(table, column).clip(lower=1)
 
 
 def plot_relative_depth(
@@ -29,12 +57,12 @@ def plot_relative_depth(
     title: str = "",
     log: bool = False,
     group: str | None = None,
-    xlabel: str = "relative depth l / (L − 1)",
+    xlabel: str = RELATIVE_DEPTH_LABEL,
 ) -> Figure:
     """Draw one panel per metric, one line per model (and per `group` value) on relative depth.
 
-    Each model's layer index is divided by its largest one in the table, so the
-    lens tables, whose last row is the output (l = L), span l / L instead.
+    Each row's layer index l is divided by its model's number of layers L
+    (`relative_depth`), so every panel shares one x axis.
     """
     if table.empty or not {"model", "layer", "metric", "value"} <= set(table.columns):
         raise ValueError("expected a per-layer table with model, layer, metric and value columns")
@@ -45,9 +73,10 @@ def plot_relative_depth(
     fig = Figure(figsize=(min(2.8 * len(metrics), 11), 2.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(metrics)))
     keys = ["model"] if group is None else ["model", group]
+    depth = relative_depth(rows)
     for ax, metric in zip(axes, metrics, strict=True):
         chosen = rows[rows["metric"] == metric].copy()
-        chosen["depth"] = relative_depth(chosen)
+        chosen["depth"] = depth[chosen.index]
         for key, curve in chosen.groupby(keys, sort=False):
             label = " / ".join(map(str, key)) if isinstance(key, tuple) else str(key)
             curve = curve.sort_values("depth")
@@ -76,9 +105,13 @@ def metric_title(table: pd.DataFrame, metric: str) -> str:
 
 
 def resample(matrix: np.ndarray, size: int) -> np.ndarray:
-    """Resample a square matrix to `size` × `size` by nearest relative depth."""
+    """Resample an L × L layer matrix to `size` × `size` cells on relative depth.
+
+    Layer l spans relative depth [l / L, (l + 1) / L), and cell k, which starts at
+    k / size, takes the layer whose span contains that start.
+    """
     n = matrix.shape[0]
-    index = np.rint(np.linspace(0, n - 1, size)).astype(int)
+    index = np.minimum(np.arange(size) * n // size, n - 1)
     return matrix[np.ix_(index, index)]
 
 
@@ -112,7 +145,8 @@ def plot_difference(
     axes = fig.subplots(1, 3)
     low = float(np.nanmin([np.nanmin(first), np.nanmin(second)]))
     high = float(np.nanmax([np.nanmax(first), np.nanmax(second)]))
-    extent = (-0.5 / size, 1 + 0.5 / size, 1 + 0.5 / size, -0.5 / size) if relative else None
+    # Cell k spans relative depth [k / size, (k + 1) / size), as `resample` reads it.
+    extent = (0.0, 1.0, 1.0, 0.0) if relative else None
     for ax, matrix, label in zip(axes[:2], (first, second), labels, strict=True):
         image = ax.imshow(matrix, vmin=low, vmax=high, cmap="viridis", extent=extent)
         ax.set_title(label, fontsize=8)
@@ -121,7 +155,7 @@ def plot_difference(
     image = axes[2].imshow(difference, vmin=-bound, vmax=bound, cmap="RdBu_r", extent=extent)
     axes[2].set_title(f"{labels[1]} − {labels[0]}", fontsize=8)
     fig.colorbar(image, ax=axes[2], shrink=0.85)
-    prefix = "relative depth of " if relative else ""
+    prefix = "relative depth l / L of " if relative else ""
     for ax in axes:
         ax.set_xlabel(prefix + axis_labels[1], fontsize=7)
         ax.set_ylabel(prefix + axis_labels[0], fontsize=7)
