@@ -323,7 +323,7 @@ def comparison_table(summary: pd.DataFrame, labels: tuple[str, str]) -> list[str
 
 
 def _depth_ranges(labels: tuple[str, str], n_layers: tuple[int, int], offset: int) -> str:
-    """Return each model's depth-score range 0 to L − offset, as "A (LABEL): 0 to N, B (LABEL): ..."."""
+    """Return each model's depth-score range 0 to L − offset as "A (LABEL): 0 to N, B (LABEL): ..."."""
     return ", ".join(
         f"{name} ({label}): 0 to {layers - offset}"
         for name, label, layers in zip(("A", "B"), labels, n_layers, strict=True)
@@ -353,8 +353,8 @@ def metric_definitions(
                 f"{first['reduction']} over positions and by {first['statistic']} over prompts."
             )
         lines.append(
-            "- **depth score, *prompt set*, layer_effect**: the depth score of Csordás et al. (2025, "
-            "arXiv 2505.13898) on that prompt set, from layer effects. Skipping layer s changes "
+            "- **depth score, *prompt set*, layer_effect**: the depth score of Csordás et al. "
+            "(2025, arXiv 2505.13898) on that prompt set, from layer effects. Skipping layer s changes "
             "the update Δ_j that each later layer j adds to the residual stream by "
             "E[s, j] = ‖Δ_j^clean − Δ_j^skip‖₂ / ‖Δ_j^clean‖₂. With e_s the mean of E[s, j] over "
             "j > s, the score Σ_s s·e_s / Σ_s e_s is the centre of mass of e_s over the 0-based "

@@ -263,8 +263,11 @@ def test_compare_report_defines_terms(tmp_path):
 def test_compare_report_defines_only_used_terms(tmp_path):
     from depthcurse.analyze import Analysis, write_report
 
-    nll = pd.DataFrame({"model": ["a", "b"], "nll": [3.0, 2.0], "nll_low": [2.9, 1.9], "nll_high": [3.1, 2.1]})
-    report = write_report(Analysis(tmp_path, {"heldout_nll": nll}), ("a", "b"), _report_models((4, 6)))
+    nll = pd.DataFrame({
+        "model": ["a", "b"], "nll": [3.0, 2.0], "nll_low": [2.9, 1.9], "nll_high": [3.1, 2.1],
+    })
+    result = Analysis(tmp_path, {"heldout_nll": nll})
+    report = write_report(result, ("a", "b"), _report_models((4, 6)))
     text = report.read_text()
     assert "Terms in the metric names" not in text
     assert "| held-out NLL (nats/token) |" in text

@@ -182,7 +182,8 @@ def test_overlay_curves_share_relative_depth():
     np.testing.assert_allclose(x_a["y"], np.arange(8) / 8)
 
     lens = pd.DataFrame({
-        "model": "x", "layer": list(range(5)) * 3, "metric": np.repeat(["kl", "top5_overlap", "accuracy"], 5),
+        "model": "x", "layer": list(range(5)) * 3,
+        "metric": np.repeat(["kl", "top5_overlap", "accuracy"], 5),
         "lens": "logit", "statistic": "mean", "value": 1.0,
     })
     fig = _lens_overlay(lens)
