@@ -169,7 +169,13 @@ def evaluate_command(
         str, typer.Option(help="Comma-separated tasks: induction, variable_assignment, arithmetic.")
     ] = "induction,variable_assignment,arithmetic",
     n_per_level: Annotated[int, typer.Option(help="Instances per task, form and level.")] = 100,
-    shots: Annotated[int, typer.Option(help="Solved examples before each query.")] = 3,
+    shots: Annotated[
+        int | None,
+        typer.Option(
+            help="Solved examples before each query (default: 3, or per task the most that fit "
+            "the model's context, with a printed note).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the generated instances.")] = 0,
     data: Annotated[
         Path | None, typer.Option("--data", help="Prepared data folder: also report NLL on its val.bin.")
@@ -202,6 +208,8 @@ def evaluate_command(
         )
     except (CheckpointError, PrimitiveError, TokenizerError, ValueError) as err:
         raise typer.BadParameter(str(err)) from err
+    for note in table.attrs.get("notes", []):
+        typer.echo(f"note: {note}")
     typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if out is not None:
         table.to_csv(out, index=False)

@@ -368,8 +368,10 @@ def test_evaluate_table_for_oracle(tokenizer, monkeypatch):
         Oracle(), tokenizer, ["variable_assignment"], n_per_level=6, seed=1, return_prompts=True
     )
     assert list(table.columns) == [
-        "task", "form", "level", "accuracy", "ci_low", "ci_high", "n", "chance", "chance_in_prompt"
+        "task", "form", "level", "accuracy", "ci_low", "ci_high", "n", "chance", "chance_in_prompt",
+        "shots",
     ]
+    assert (table["shots"] == 3).all(), "a model without a context length gets the default shots"
     assert len(table) == 6  # 2 forms x 3 depths
     assert (table["accuracy"] == 1.0).all()
     assert (table["n"] == 6).all()
@@ -738,3 +740,102 @@ def test_evaluate_command_run_folder_and_long_prompts(small_config, tmp_path, to
     assert "(arithmetic, level" in text
     assert "--shots" in text
     assert "--tasks" in text
+
+
+# --- fitting prompts to the model's context ------------------------------------------------------
+
+
+def _longest_by_level(instances, tokenizer) -> dict[tuple[str, str, int], int]:
+    from depthcurse.evals.context import sequence_length
+
+    longest: dict[tuple[str, str, int], int] = {}
+    for instance in instances:
+        key = (instance.task, instance.form, instance.level)
+        longest[key] = max(longest.get(key, 0), sequence_length(instance, tokenizer))
+    return longest
+
+
+def test_fit_to_context_takes_most_shots(tokenizer):
+    from depthcurse.evals.context import fit_to_context
+
+    context = 100
+    fit = fit_to_context(tokenizer, context, n_per_level=3, seed=0)
+    longest_by_level = _longest_by_level(fit.instances, tokenizer)
+    assert max(longest_by_level.values()) <= context
+    for task, shots in fit.shots.items():
+        combos = [key for key in longest_by_level if key[0] == task]
+        assert {i.shots for i in fit.instances if i.task == task} == {shots}
+        # The instances are the generator's own for that number of shots.
+        same = generate_all([task], n_per_level=3, seed=0, shots=shots)
+        assert [i.prompt for i in fit.instances if i.task == task] == [
+            i.prompt for i in same if (i.task, i.form, i.level) in combos
+        ]
+        if shots < 3:
+            one_more = [
+                i for _, form, level in combos
+                for i in generate(task, level, 3, seed=0, form=form, shots=shots + 1)
+            ]
+            assert max(_longest_by_level(one_more, tokenizer).values()) > context
+    # With this tokenizer: arithmetic fits 3 shots, variable assignment only 1.
+    assert fit.shots["arithmetic"] == 3
+    assert fit.shots["variable_assignment"] == 1
+    assert any(note.startswith("variable_assignment: 1 shot instead of 3") for note in fit.notes)
+    assert not any(note.startswith("arithmetic") for note in fit.notes)
+
+
+def test_fit_to_context_leaves_out_levels(tokenizer):
+    from depthcurse.evals.context import fit_to_context
+
+    # Induction words level 3 needs more than 100 tokens even without shots.
+    fit = fit_to_context(tokenizer, 100, ["induction"], n_per_level=3, seed=0)
+    longest_by_level = _longest_by_level(fit.instances, tokenizer)
+    assert ("induction", "words", 3) not in longest_by_level
+    assert ("induction", "symbols", 3) in longest_by_level
+    left_out = [note for note in fit.notes if "left out" in note]
+    assert len(left_out) == 1
+    assert left_out[0].startswith("induction (words, level 3) left out: even with 0 shots")
+    with pytest.raises(ValueError, match="no task, form and level fits the model's 5 positions"):
+        fit_to_context(tokenizer, 5, n_per_level=3)
+    with pytest.raises(PrimitiveError, match="max_shots"):
+        fit_to_context(tokenizer, 100, max_shots=-1)
+
+
+def test_evaluate_default_shots_fit_context(tokenizer):
+    model = DepthcurseLM(preset("tiny").replace(vocab_size=400, max_seq_len=100, n_layers=2)).eval()
+    table, prompt_set = evaluate(
+        model, tokenizer, ["arithmetic", "variable_assignment"], n_per_level=3, return_prompts=True
+    )
+    assert max(len(p.token_ids) for p in prompt_set.prompts) <= 100
+    shots = table.groupby("task")["shots"].unique().to_dict()
+    assert list(shots["arithmetic"]) == [3]
+    assert list(shots["variable_assignment"]) == [1]
+    assert table.attrs["shots"] is None
+    assert table.attrs["notes"][0].startswith("variable_assignment: 1 shot instead of 3")
+    # An explicit number of shots is used as given, so too long prompts raise.
+    with pytest.raises(ValueError, match=r"max_seq_len is 100\. Use fewer shots \(now 3"):
+        evaluate(model, tokenizer, ["variable_assignment"], n_per_level=3, shots=3)
+    exact = evaluate(model, tokenizer, ["variable_assignment"], n_per_level=3, shots=1)
+    assert (exact["shots"] == 1).all()
+    assert exact.attrs["notes"] == []
+
+
+def test_evaluate_command_default_shots(tmp_path, tokenizer):
+    from typer.testing import CliRunner
+
+    from depthcurse.checkpoint import save_checkpoint
+    from depthcurse.cli import app
+
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    model = DepthcurseLM(preset("tiny").replace(vocab_size=400, n_layers=2))
+    save_checkpoint(tmp_path / "c", model, tokenizer_file=tmp_path / "tokenizer.json")
+    args = ["evaluate", str(tmp_path / "c"), "--tasks", "induction,arithmetic", "--n-per-level", "3"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    # The tiny preset has 256 positions: 3-shot induction prompts reach 529 tokens here.
+    assert "note: induction: 1 shot instead of 3, the most that fit the model's 256 positions" in result.output
+    assert "shots" in result.output.splitlines()[1]
+    explicit = CliRunner().invoke(app, [*args, "--shots", "3"])
+    assert explicit.exit_code == 2
+    text = " ".join(explicit.output.replace("│", " ").split())
+    assert "(induction, level 3)" in text
+    assert "--shots" in text

@@ -1,7 +1,9 @@
 """Evaluation: held-out NLL, generated reasoning primitives and the cooldown data mix."""
 
+from depthcurse.evals.context import ContextFit, context_length, fit_to_context
 from depthcurse.evals.cooldown import MixtureSampler, encode_documents, primitive_tokens
 from depthcurse.evals.harness import (
+    DEFAULT_SHOTS,
     TokenizerError,
     check_tokenizer,
     evaluate,
@@ -22,7 +24,9 @@ from depthcurse.evals.primitives import (
 )
 
 __all__ = [
+    "DEFAULT_SHOTS",
     "TASKS",
+    "ContextFit",
     "Instance",
     "MixtureSampler",
     "NLLResult",
@@ -30,8 +34,10 @@ __all__ = [
     "TokenizerError",
     "answer_visibility_errors",
     "check_tokenizer",
+    "context_length",
     "encode_documents",
     "evaluate",
+    "fit_to_context",
     "generate",
     "generate_all",
     "heldout_nll",

@@ -22,9 +22,13 @@ from typing import Any
 import pandas as pd
 import torch
 
+from depthcurse.evals.context import context_length, fit_to_context
 from depthcurse.evals.nll import model_logits
 from depthcurse.evals.primitives import Instance, generate_all
 from depthcurse.prompts import Prompt, PromptSet, encode, pad_id
+
+DEFAULT_SHOTS = 3
+"""Shots per prompt when `evaluate` chooses them, unless the model's context needs fewer."""
 
 
 class TokenizerError(ValueError):
@@ -92,7 +96,7 @@ def instances_to_prompt_set(
     Each prompt's `token_ids` are the prompt tokens followed by the answer
     tokens (each text encoded on its own, no special tokens). Labels: task,
     form, level, answer (text), answer_ids, answer_start (index of the first
-    answer token), chance, and the prompt text.
+    answer token), chance, chance_in_prompt, shots, and the prompt text.
     """
     check_tokenizer(tokenizer, instances)
     prompts = []
@@ -108,6 +112,7 @@ def instances_to_prompt_set(
             "answer_start": len(prompt_ids),
             "chance": instance.chance,
             "chance_in_prompt": instance.meta["chance_in_prompt"],
+            "shots": instance.shots,
             "prompt": instance.prompt,
         }
         name_of = f"{instance.task}-{instance.form}-{instance.level}-{index}"
@@ -143,6 +148,7 @@ def summarize(prompt_set: PromptSet, correct: Sequence[bool], confidence: float 
     rows = [
         {
             **{k: p.labels[k] for k in ("task", "form", "level", "chance", "chance_in_prompt")},
+            "shots": p.labels.get("shots"),
             "correct": ok,
         }
         for p, ok in zip(prompt_set.prompts, correct, strict=True)
@@ -152,19 +158,21 @@ def summarize(prompt_set: PromptSet, correct: Sequence[bool], confidence: float 
     for (task, form, level), group in table.groupby(["task", "form", "level"], sort=False):
         n, hits = len(group), int(group["correct"].sum())
         low, high = wilson_interval(hits, n, confidence)
-        out.append(
-            {
-                "task": task,
-                "form": form,
-                "level": int(level),
-                "accuracy": hits / n,
-                "ci_low": low,
-                "ci_high": high,
-                "n": n,
-                "chance": float(group["chance"].mean()),
-                "chance_in_prompt": float(group["chance_in_prompt"].mean()),
-            }
-        )
+        row = {
+            "task": task,
+            "form": form,
+            "level": int(level),
+            "accuracy": hits / n,
+            "ci_low": low,
+            "ci_high": high,
+            "n": n,
+            "chance": float(group["chance"].mean()),
+            "chance_in_prompt": float(group["chance_in_prompt"].mean()),
+        }
+        shots = group["shots"].dropna().unique()
+        if len(shots) == 1:  # prompt sets built by hand may lack the label
+            row["shots"] = int(shots[0])
+        out.append(row)
     result = pd.DataFrame(out)
     result.attrs.update(
         confidence=confidence,
@@ -181,7 +189,7 @@ def evaluate(
     *,
     n_per_level: int = 100,
     seed: int = 0,
-    shots: int = 3,
+    shots: int | None = None,
     levels: dict[str, Iterable[int]] | None = None,
     forms: dict[str, Iterable[str]] | None = None,
     batch_size: int = 16,
@@ -192,19 +200,50 @@ def evaluate(
     """Score `model` on generated reasoning primitives; one row per (task, form, level).
 
     Columns: task, form, level, accuracy, ci_low, ci_high (Wilson interval at
-    `confidence`), n, chance and chance_in_prompt. `chance` is a uniform guess
+    `confidence`), n, chance, chance_in_prompt and shots. `chance` is a uniform guess
     over all answers of the level, and `chance_in_prompt` a uniform guess among
     the candidates shown in the query (see `depthcurse.evals.primitives`). `model` is anything `model_logits` accepts
     (`DepthcurseLM`, `TransformerBridge`, a transformers causal LM). With
     `return_prompts=True` the `PromptSet` of the instances, with a `correct`
     label per prompt, is returned as well. Extra keyword arguments go to the
     generators (`n_distractors`, `max_value`, `max_operand`, `answer_items`).
+
+    `shots=None` uses `DEFAULT_SHOTS` where the prompts fit the model's context
+    (`context_length`), and otherwise the most shots per task that fit, leaving out
+    levels that do not fit even with 0 shots (`fit_to_context`). Each such choice is a
+    sentence in `table.attrs["notes"]`. An explicit `shots` is used as given, and
+    raises ValueError when a prompt is longer than the model's `cfg.max_seq_len`.
     """
     tasks = [tasks] if isinstance(tasks, str) else tasks
-    instances = generate_all(
-        tasks, levels=levels, forms=forms, n_per_level=n_per_level, seed=seed, shots=shots, **params
-    )
+    context = context_length(model)
+    notes: list[str] = []
+    if shots is None and context is not None:
+        fit = fit_to_context(
+            tokenizer, context, tasks, max_shots=DEFAULT_SHOTS, levels=levels, forms=forms,
+            n_per_level=n_per_level, seed=seed, **params,
+        )
+        instances, notes = fit.instances, fit.notes
+    else:
+        instances = generate_all(
+            tasks, levels=levels, forms=forms, n_per_level=n_per_level, seed=seed,
+            shots=DEFAULT_SHOTS if shots is None else shots, **params,
+        )
     prompt_set = instances_to_prompt_set(instances, tokenizer)
+    if shots is not None:
+        _check_prompt_lengths(model, prompt_set, shots)
+    correct = score_prompt_set(model, prompt_set, batch_size)
+    for prompt, ok in zip(prompt_set.prompts, correct, strict=True):
+        prompt.labels["correct"] = ok
+    table = summarize(prompt_set, correct, confidence)
+    table.attrs.update(seed=seed, shots=shots, n_per_level=n_per_level, notes=notes)
+    return (table, prompt_set) if return_prompts else table
+
+
+def _check_prompt_lengths(model: Any, prompt_set: PromptSet, shots: int) -> None:
+    """Raise ValueError when a prompt with the requested `shots` exceeds the model's max_seq_len."""
+    # NOTE: only `cfg.max_seq_len` (a DepthcurseLM) is checked. A TransformerBridge's
+    # `cfg.n_ctx` is not, because the suite passes explicit shots to bridges whose prompts
+    # may be longer, and those run on positions past the context without an error.
     max_len = getattr(getattr(model, "cfg", None), "max_seq_len", None)
     longest_prompt = max(prompt_set.prompts, key=lambda p: len(p.token_ids))
     longest = len(longest_prompt.token_ids)
@@ -213,12 +252,7 @@ def evaluate(
         level = longest_prompt.labels.get("level", "?")
         raise ValueError(
             f"the longest prompt ({task}, level {level}) has {longest} tokens but the model's "
-            f"max_seq_len is {max_len}; use fewer shots (now {shots}; --shots on the command "
-            f"line), leave out {task} (--tasks), or pass levels without level {level}"
+            f"max_seq_len is {max_len}. Use fewer shots (now {shots}; --shots on the command "
+            f"line) or leave the shots unset to fit them to the context, leave out {task} "
+            f"(--tasks), or pass levels without level {level}"
         )
-    correct = score_prompt_set(model, prompt_set, batch_size)
-    for prompt, ok in zip(prompt_set.prompts, correct, strict=True):
-        prompt.labels["correct"] = ok
-    table = summarize(prompt_set, correct, confidence)
-    table.attrs.update(seed=seed, shots=shots, n_per_level=n_per_level)
-    return (table, prompt_set) if return_prompts else table
