@@ -138,6 +138,23 @@ def test_relative_depth_and_resample():
     assert grown[2, 2] == 4
 
 
+
+def test_difference_aligns_layer_spans():
+    from depthcurse.plots.compare import MAX_GRID, common_grid, plot_difference
+
+    assert common_grid(6, 8) == 24
+    assert common_grid(30, 31) == 930, "lcm 930 fits MAX_GRID"
+    assert common_grid(31, 37) == 37, f"lcm 1147 exceeds MAX_GRID={MAX_GRID}"
+    first, second = np.arange(36.0).reshape(6, 6), np.arange(64.0).reshape(8, 8)
+    fig = plot_difference(first, second, ("a", "b"), title="t")
+    drawn_first = np.asarray(fig.axes[0].images[0].get_array())
+    drawn_second = np.asarray(fig.axes[2].images[0].get_array()) + drawn_first
+    assert drawn_first.shape == (24, 24)
+    # Layer l of 6 covers cells 4l..4l+3, and layer l of 8 covers cells 3l..3l+2.
+    np.testing.assert_array_equal(drawn_first[0], np.repeat(first[0], 4))
+    np.testing.assert_array_equal(drawn_second[5], np.repeat(second[1], 3))
+    assert fig.axes[0].get_xlabel().startswith("relative depth l / L")
+
 def _residual_norm_rows(model: str, n_layers: int) -> pd.DataFrame:
     """Rows shaped like `residual_norms`: norm_h at h_0..h_L, norm_a at layers 0..L − 1."""
     rows = [{"model": model, "layer": layer, "metric": "norm_h"} for layer in range(n_layers + 1)]

@@ -9,6 +9,8 @@ different size are compared after resampling onto a common relative-depth grid.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -115,6 +117,20 @@ def resample(matrix: np.ndarray, size: int) -> np.ndarray:
     return matrix[np.ix_(index, index)]
 
 
+MAX_GRID = 1024
+"""Maximum cells per axis of a resampled matrix."""
+
+
+def common_grid(n_first: int, n_second: int) -> int:
+    """Return the cells per axis on which matrices of `n_first` and `n_second` layers align.
+
+    That is lcm(n_first, n_second), where every layer covers whole cells. Above `MAX_GRID`
+    it is the larger size, and a layer's drawn span may then be off by up to one cell.
+    """
+    grid = math.lcm(n_first, n_second)
+    return grid if grid <= MAX_GRID else max(n_first, n_second)
+
+
 def layer_matrix(table: pd.DataFrame, row: str, column: str) -> np.ndarray:
     """Return a square matrix from a long table's `row`, `column` and `value` columns."""
     n = int(max(table[row].max(), table[column].max())) + 1
@@ -133,11 +149,12 @@ def plot_difference(
 ) -> Figure:
     """Draw two matrices and their difference (second − first) side by side.
 
-    Matrices of different size are both resampled to the larger size, and the
-    axes then show relative depth instead of layer indices.
+    Matrices of different size L_A and L_B are both resampled to lcm(L_A, L_B) cells,
+    so each layer covers whole cells and its span [l / L, (l + 1) / L) is drawn exactly.
+    The axes then show relative depth instead of layer indices.
     """
     relative = first.shape != second.shape
-    size = max(first.shape[0], second.shape[0])
+    size = common_grid(first.shape[0], second.shape[0])
     if relative:
         first, second = resample(first, size), resample(second, size)
     difference = second - first
