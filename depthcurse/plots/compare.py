@@ -21,6 +21,8 @@ RELATIVE_DEPTH_LABEL = "relative depth l / L (L layers, output at 1)"
 # Metrics whose `layer` is a residual index l = 0..L (h_L is the final residual). The rows
 # of a lens table (with a `lens` column) are residual indices too. Every other `layer` is
 # a layer index l = 0..L − 1.
+# NOTE: a new table with residual-indexed rows must be listed here or carry an `n_layers`
+# column, or its curves are drawn at l / (L + 1).
 RESIDUAL_METRICS = ("norm_h",)
 
 
