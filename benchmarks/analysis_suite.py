@@ -101,6 +101,10 @@ def parse_arguments() -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32",
+        help="dtype the model is loaded in (metrics stay float32)",
+    )
+    parser.add_argument(
         "--quick", action="store_true",
         help="small workload for iterating: 4 prompts x 64 tokens, 2 lens steps, "
         "2 prompts per depth-score level",
@@ -139,8 +143,8 @@ def main() -> None:
         timings.append((stage, time.perf_counter() - start, peak_rss_gib()))
 
     start = time.perf_counter()
-    model = depthcurse.load("smollm2-135m")
-    record("load smollm2-135m", start)
+    model = depthcurse.load("smollm2-135m", dtype=getattr(torch, args.dtype))
+    record(f"load smollm2-135m ({args.dtype})", start)
 
     start = time.perf_counter()
     prompts = suite_prompts(model, options)
@@ -178,12 +182,13 @@ def main() -> None:
     print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs visible, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, load average at the end {load_average()}")
     print(f"workload: {options.n_prompts} prompts x {options.prompt_tokens} tokens, "
-          f"batch size {options.batch_size}")
+          f"batch size {options.batch_size}, model dtype {args.dtype}")
     print(f"options: tuned_lens_steps={options.tuned_lens_steps}, "
           f"tuned_lens_tokens={options.tuned_lens_tokens}, "
           f"skip_parts={','.join(options.skip_parts)}, skip_mode={options.skip_mode}, "
           f"depth_score_per_level={options.depth_score_per_level}, "
-          f"depth_score_prompts={options.depth_score_prompts}, seed={options.seed}")
+          f"depth_score_prompts={options.depth_score_prompts}, "
+          f"future_prompts={options.future_prompts}, seed={options.seed}")
     print()
     print("| stage | seconds | peak RSS (GiB) |")
     print("|---|---:|---:|")

@@ -49,6 +49,30 @@ def source_digest(source: str | Path) -> str:
     return model_hash(resolve(source).path)
 
 
+MODEL_DTYPES = ("float32", "bfloat16")
+"""Dtypes a model can be analysed in. Metrics are float32 either way; bfloat16 runs the
+forward passes about twice as fast on CPUs with AVX-512 BF16 (see docs/benchmarks.md)."""
+
+
+def torch_dtype(name: str) -> Any:
+    """Return the torch dtype of a name in `MODEL_DTYPES`, or raise ValueError naming the choices."""
+    import torch
+
+    if name not in MODEL_DTYPES:
+        raise ValueError(f"model dtype {name!r} is not supported; choose one of {MODEL_DTYPES}")
+    return getattr(torch, name)
+
+
+def cache_digest(source: str | Path, dtype: str = "float32") -> str:
+    """Return the cache key of a source's weights analysed in `dtype`, as `run_suite` forms it.
+
+    float32 keeps the plain weight hash, so caches written before dtypes were an option
+    stay valid; other dtypes get their own key, because their results differ.
+    """
+    digest = source_digest(source)
+    return digest if dtype == "float32" else f"{digest}-{dtype}"
+
+
 def source_label(source: str | Path, model: Any) -> str:
     """Return a short model name: the bundled name, else `depthcurse.sources.checkpoint_label`."""
     from depthcurse.sources import BUNDLED, checkpoint_label
@@ -116,14 +140,18 @@ def analyze(
     label: str | None = None,
     figures: bool = True,
     progress: Callable[[str], None] | None = None,
+    dtype: str = "float32",
 ) -> Analysis:
-    """Run the suite (or the analyses in `only`) on one model source and write its results to `out`."""
+    """Run the suite (or the analyses in `only`) on one model source and write its results to `out`.
+
+    `dtype` is the dtype the model runs in, one of `MODEL_DTYPES`; metrics stay float32.
+    """
     import depthcurse
 
     names = check_analyses(only)
     options = options or SuiteOptions()
     out = Path(out)
-    model = depthcurse.load(source)
+    model = depthcurse.load(source, dtype=torch_dtype(dtype))
     label = label or source_label(source, model)
     cache_dir = Path(cache_dir) if cache_dir is not None else out / "cache"
     tables = _suite(model, source, label, names, options, cache_dir, progress)
@@ -154,8 +182,11 @@ def compare(
     labels: tuple[str, str] | None = None,
     figures: bool = True,
     progress: Callable[[str], None] | None = None,
+    dtype: str = "float32",
 ) -> Analysis:
     """Run the suite on two model sources with the same options and write side-by-side results.
+
+    Both models run in `dtype` (one of `MODEL_DTYPES`); metrics stay float32.
 
     Tables contain both models' rows, distinguished by the `model` column. The linear map from
     A's residual stream to B's is added as table `linear_map` when the two
@@ -169,7 +200,8 @@ def compare(
     options = options or SuiteOptions()
     out = Path(out)
     cache_dir = Path(cache_dir) if cache_dir is not None else out / "cache"
-    model_a, model_b = depthcurse.load(source_a), depthcurse.load(source_b)
+    model_a = depthcurse.load(source_a, dtype=torch_dtype(dtype))
+    model_b = depthcurse.load(source_b, dtype=torch_dtype(dtype))
     if labels is None:
         labels = (source_label(source_a, model_a), source_label(source_b, model_b))
     labels = distinct_labels(*labels)
@@ -187,7 +219,7 @@ def compare(
         if progress is not None:
             progress("linear map")
         prompts = suite_prompts(model_a, options)
-        digest = source_digest(source_a) + source_digest(source_b)
+        digest = cache_digest(source_a, dtype) + cache_digest(source_b, dtype)
         arguments = {"options": options.to_dict(), "labels": list(labels)}
         table = ResultCache(cache_dir).get_or_compute(
             digest, "linear_map", arguments,

@@ -278,6 +278,14 @@ SettingOption = Annotated[
 FiguresOption = Annotated[
     bool, typer.Option("--figures/--no-figures", help="Draw the figures after the tables.")
 ]
+DtypeOption = Annotated[
+    str,
+    typer.Option(
+        "--dtype",
+        help="Dtype the model runs in: float32, or bfloat16 (about 2x faster on CPUs with "
+        "AVX-512 BF16, results differ by rounding). Metrics are float32 either way.",
+    ),
+]
 
 
 def _fail(err: Exception) -> NoReturn:
@@ -298,20 +306,27 @@ def _run_suite_command(
     block_size: int | None,
     option: list[str] | None,
     figures: bool,
+    dtype: str,
 ) -> Analysis:
     """Check the suite options that `analyze` and `compare` share, then call `run`.
 
     Progress goes to stderr as ``[COMMAND] step``. A source that cannot be loaded, or an
     invalid option value found while running, ends the command with exit code 2.
     """
+    from depthcurse.analyze import MODEL_DTYPES
     from depthcurse.sources import LoadError
 
     names = _only(only)
     options = _suite_options(n_prompts, prompt_tokens, block_size, option)
+    if dtype not in MODEL_DTYPES:
+        raise typer.BadParameter(
+            f"{dtype!r} is not supported; choose one of {', '.join(MODEL_DTYPES)}",
+            param_hint="--dtype",
+        )
     try:
         return run(
             *sources, out, only=names, options=options, cache_dir=cache, figures=figures,
-            progress=lambda step: typer.echo(f"[{command}] {step}", err=True),
+            progress=lambda step: typer.echo(f"[{command}] {step}", err=True), dtype=dtype,
         )
     except (LoadError, FileNotFoundError, ValueError) as err:
         _fail(err)
@@ -330,6 +345,7 @@ def analyze_command(
     block_size: BlockSizeOption = None,
     option: SettingOption = None,
     figures: FiguresOption = True,
+    dtype: DtypeOption = "float32",
 ) -> None:
     """Run the analysis suite on one model; write tables, figures and a result cache."""
     from depthcurse.analyze import analyze
@@ -338,7 +354,7 @@ def analyze_command(
     result = _run_suite_command(
         "analyze", analyze, (source,), out, only=only, n_prompts=n_prompts,
         prompt_tokens=prompt_tokens, cache=cache, block_size=block_size, option=option,
-        figures=figures,
+        figures=figures, dtype=dtype,
     )
     typer.echo(f"wrote {len(result.tables)} tables and {len(result.figures)} figure files to {out}")
 
@@ -355,6 +371,7 @@ def compare_command(
     block_size: BlockSizeOption = None,
     option: SettingOption = None,
     figures: FiguresOption = True,
+    dtype: DtypeOption = "float32",
 ) -> None:
     """Run the suite on two models; write side-by-side tables, overlaid figures and report.md."""
     from depthcurse.analyze import compare
@@ -363,7 +380,7 @@ def compare_command(
     result = _run_suite_command(
         "compare", compare, (source_a, source_b), out, only=only, n_prompts=n_prompts,
         prompt_tokens=prompt_tokens, cache=cache, block_size=block_size, option=option,
-        figures=figures,
+        figures=figures, dtype=dtype,
     )
     for note in result.notes:
         typer.echo(f"note: {note}")

@@ -66,6 +66,9 @@ class SuiteOptions:
     """Also compute the depth score on the reasoning-primitive prompts of each level."""
     depth_score_prompts: int = 8
     """Prompts per level for the per-level depth score (future-mode skips are costly)."""
+    future_prompts: int = 10
+    """Validation prompts (the first of the `n_prompts`) for the depth score's future-mode
+    skips; Csordás et al. 2025 use 10 prompts in future mode and 20 in current mode."""
     block_size: int | None = None
     """Block size for block perturbations and symmetry. None reads it from the growth
     history, and a model without one (a baseline, a public model) uses
@@ -88,7 +91,7 @@ class SuiteOptions:
         minimum = {
             "n_prompts": 1, "prompt_tokens": 2, "batch_size": 1, "tuned_lens_steps": 0,
             "tuned_lens_tokens": 1, "eval_n_per_level": 1, "eval_shots": 0,
-            "depth_score_prompts": 1, "block_size": 1, "seed": 0,
+            "depth_score_prompts": 1, "future_prompts": 1, "block_size": 1, "seed": 0,
         }
         for name, low in minimum.items():
             value = getattr(self, name)
@@ -184,6 +187,11 @@ def run_suite(
     options = options or SuiteOptions()
     names = check_analyses(only)
     label = label or model_label(model)
+    dtype = model_dtype(model)
+    if model_digest is not None and dtype != "float32":
+        # Rounding changes the results, so each dtype has its own cache entries; float32
+        # keeps the plain weight hash that earlier caches were written under.
+        model_digest = f"{model_digest}-{dtype}"
     prompts = prompts if prompts is not None else suite_prompts(model, options)
     tables: dict[str, pd.DataFrame] = {}
     arguments = {"options": options.to_dict(), "prompts": prompt_fingerprint(prompts)}
@@ -197,6 +205,7 @@ def run_suite(
             table = function()
         table = table.copy()
         table["model"] = label
+        table["model_dtype"] = dtype
         tables[name] = table
 
     stream_names = [n for n in names if n in STREAM_ANALYSES]
@@ -215,6 +224,11 @@ def run_suite(
             continue
         compute(name, lambda name=name: _ANALYSIS_RUNNERS[name](model, prompts, options, shared))
     return tables
+
+
+def model_dtype(model: Any) -> str:
+    """Return the name of the dtype a model's weights are in, e.g. "float32"."""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
 def _stream_tables(
@@ -302,13 +316,28 @@ def _skip_effects(model: Any, prompts: Any, options: SuiteOptions, shared: dict)
 def _depth_score(model: Any, prompts: Any, options: SuiteOptions, shared: dict) -> pd.DataFrame:
     from depthcurse.analyses.depth_score import depth_score
 
-    sets: dict[str, Any] = {"validation": prompts}
+    common = {
+        "part": "layer", "mode": "future", "seed": options.seed,
+        "batch_size": options.batch_size, "progress": progress_bars(),
+    }
+    validation = {"validation": first_prompts(prompts, options.future_prompts)}
+    tables = [depth_score(model, validation, **common)]
     if options.depth_score_per_level:
-        sets.update(_primitive_level_sets(model, options))
-    return depth_score(
-        model, sets, part="layer", mode="future", seed=options.seed, batch_size=options.batch_size,
-        progress=progress_bars(),
-    )
+        # Task prompts are intervened on at their answer start, one t per prompt, as
+        # Csordás et al. 2025 do for multi-hop questions: the score then asks how the
+        # answer uses the computation over the question's tokens.
+        levels = _primitive_level_sets(model, options)
+        tables.append(depth_score(model, levels, future_at="answer", **common))
+    return pd.concat(tables, ignore_index=True)
+
+
+def first_prompts(prompts: Any, n: int) -> Any:
+    """Return a `PromptSet` of the first `n` prompts (all of them when there are fewer)."""
+    from depthcurse.prompts import PromptSet
+
+    if len(prompts) <= n:
+        return prompts
+    return PromptSet(prompts.name, prompts.prompts[:n], prompts.prepend_bos, prompts.pad_id)
 
 
 def _primitive_level_sets(model: Any, options: SuiteOptions) -> dict[str, Any]:

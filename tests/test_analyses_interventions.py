@@ -29,6 +29,7 @@ from depthcurse.analyses.periodicity import (  # noqa: E402
 )
 from depthcurse.analyses.perturbations import (  # noqa: E402
     block_size_of,
+    compare_logits,
     perturbation_orders,
     perturbations,
 )
@@ -205,6 +206,47 @@ def test_shared_clean_run_matches_separate(bridge, prompts):
         assert shared[part].layer_forwards == alone.layer_forwards
 
 
+def test_future_at_answer_start(bridge):
+    # With future_at="answer", t is each prompt's answer_start label. For prompts of one
+    # length and one t, that equals the grid mode whose only candidate position is t.
+    generator = torch.Generator().manual_seed(7)
+    t, length = 17, 24
+    tasks = PromptSet(
+        "tasks",
+        [
+            Prompt(f"q{i}", torch.randint(0, 97, (length,), generator=generator).tolist(),
+                   {"answer_start": t})
+            for i in range(3)
+        ],
+    )
+    answer = skip_effect_arrays(bridge, tasks, mode="future", future_at="answer", batch_size=2)
+    grid = skip_effect_arrays(
+        bridge, tasks, mode="future", n_positions=1, position_grid=(t, 10**6, 0), batch_size=2
+    )
+    np.testing.assert_array_equal(answer.effect, grid.effect)
+    np.testing.assert_array_equal(answer.output, grid.output)
+    # A different t per prompt, read in prompt order across batches: the last prompt's
+    # effects are those of a one-prompt run at its own t.
+    tasks.prompts[2].labels["answer_start"] = 9
+    mixed = skip_effect_arrays(bridge, tasks, mode="future", future_at="answer", batch_size=2)
+    alone = skip_effect_arrays(
+        bridge, PromptSet("last", tasks.prompts[2:]), mode="future", future_at="answer"
+    )
+    np.testing.assert_allclose(mixed.effect[2], alone.effect[0], atol=ENGINE_ATOL, rtol=0)
+    assert not np.allclose(mixed.effect[2], answer.effect[2], equal_nan=True)
+    table = skip_effects(bridge, tasks, mode="future", future_at="answer")
+    assert set(table["future_at"]) == {"answer"}
+
+
+def test_future_at_answer_rejects_unlabelled_prompts(bridge, prompts):
+    with pytest.raises(ValueError, match="answer_start"):
+        skip_effect_arrays(bridge, prompts, mode="future", future_at="answer")
+    late = PromptSet("late", [Prompt("a", list(range(10)), {"answer_start": 10})])
+    with pytest.raises(ValueError, match="answer_start 10 for 10 tokens"):
+        skip_effect_arrays(bridge, late, mode="future", future_at="answer")
+    with pytest.raises(ValueError, match="future_at"):
+        skip_effect_arrays(bridge, prompts, mode="future", future_at="middle")
+
 def test_skip_rejects_bad_input(bridge, prompts):
     with pytest.raises(ValueError, match="part"):
         skip_effects(bridge, prompts, parts="ffn")
@@ -354,6 +396,49 @@ def test_perturbations_prefix_matches_surgery(bridge, prompts):
     with pytest.raises(ValueError, match="engine"):
         perturbations(bridge, prompts, engine="fast")
 
+
+
+def test_clean_reference_metrics_match_log_softmax():
+    # compare() reads KL and NLL from logsumexp and one dot product; check them against
+    # the textbook log-softmax forms on random logits with a padded position.
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.randn(2, 5, 11, generator=generator) * 3
+    perturbed = clean + torch.randn(2, 5, 11, generator=generator)
+    tokens = torch.randint(0, 11, (2, 5), generator=generator)
+    mask = torch.ones(2, 5, dtype=torch.long)
+    mask[1, 4] = 0
+    metrics = compare_logits(clean, perturbed, tokens, mask)
+    log_p, log_q = clean.log_softmax(-1), perturbed.log_softmax(-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    nll_p = -log_p[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
+    nll_q = -log_q[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
+    # Scored: positions 1..n-2 whose next token is real (position 0 excluded by default).
+    scored = torch.zeros(2, 4, dtype=torch.bool)
+    scored[0, 1:4] = True
+    scored[1, 1:3] = True
+    count = int(scored.sum())
+    assert metrics["kl"][1] == count
+    # float32 sums of a few terms: rounding stays far below 1e-5.
+    assert metrics["kl"][0] == pytest.approx(float(kl[:, :-1][scored].sum()), rel=1e-5)
+    assert metrics["nll"][0] == pytest.approx(float(nll_q[scored].sum()), rel=1e-5)
+    delta = float((nll_q - nll_p)[scored].sum())
+    assert metrics["delta_nll"][0] == pytest.approx(delta, rel=1e-5, abs=1e-5)
+
+
+def test_perturbations_share_runs_of_equal_orders(bridge, prompts):
+    # At block size 2, reversing block k is the layer swap of 2k and 2k + 1: the two
+    # rows come from one run, and they must equal the surgery engine's separate runs.
+    table = perturbations(bridge, prompts, block_size=2, kinds=("swap", "reverse_inside"))
+    value = table.set_index(["level", "kind", "position", "metric"])["value"]
+    reference = perturbations(
+        bridge, prompts, block_size=2, kinds=("swap", "reverse_inside"), engine="surgery",
+        progress=False,
+    ).set_index(["level", "kind", "position", "metric"])["value"]
+    for k in range(N_LAYERS // 2):
+        for metric in ("kl", "delta_nll", "top1_agreement"):
+            shared = value[("block", "reverse_inside", k, metric)]
+            assert shared == value[("layer", "swap", 2 * k, metric)]
+            assert shared == pytest.approx(reference[("block", "reverse_inside", k, metric)], abs=1e-6)
 
 # --- pruning and looping ----------------------------------------------------------------
 

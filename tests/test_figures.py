@@ -66,6 +66,24 @@ def test_every_suite_table_has_model_column(suite_tables):
         assert not table.empty, name
 
 
+
+def test_depth_score_future_prompts(tiny_checkpoints, tiny_suite_options):
+    # The validation depth score runs its future-mode skips on the first future_prompts
+    # of the n_prompts validation prompts, and on all of them when there are fewer.
+    import depthcurse
+
+    suite_model = depthcurse.load(tiny_checkpoints["a"])
+    options = suite.SuiteOptions(
+        **{**tiny_suite_options.to_dict(), "future_prompts": 2, "depth_score_per_level": False}
+    )
+    table = suite.run_suite(suite_model, only=["depth_score"], options=options)["depth_score"]
+    assert set(table["prompt_set"]) == {"validation"}
+    assert set(table["n_prompts"]) == {2}
+    prompts = suite.suite_prompts(suite_model, options)
+    assert len(prompts) == 4
+    assert suite.first_prompts(prompts, 2).prompts == prompts.prompts[:2]
+    assert suite.first_prompts(prompts, 9) is prompts
+
 @pytest.mark.slow
 def test_figures_single_model_smoke(suite_tables, tmp_path):
     suite.save_tables(suite_tables["a"], tmp_path / "tables")

@@ -77,7 +77,8 @@ def depth_score(
 
     `prompt_sets` is one prompt set, a list of them, or a mapping name → prompts.
     `skip_options` go to `skip_effect_arrays` (reduction, n_positions, seed of the
-    future-mode positions, ...); `bootstrap_seed` seeds the resampling of prompts.
+    future-mode positions, `future_at="answer"` for task prompts, ...);
+    `bootstrap_seed` seeds the resampling of prompts.
     """
     if statistic not in ("max", "mean"):
         raise ValueError(f"statistic must be 'max' or 'mean', got {statistic!r}")
@@ -108,6 +109,7 @@ def depth_score(
     table["statistic"] = statistic
     table["part"] = part
     table["mode"] = mode
+    table["future_at"] = skip_options.get("future_at", "grid") if mode == "future" else None
     table["reduction"] = skip_options.get("reduction", "max")
     table["confidence"] = confidence
     table["n_bootstrap"] = n_bootstrap

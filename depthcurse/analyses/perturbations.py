@@ -53,7 +53,7 @@ from depthcurse.analyses.engine import (
     hf_model_of,
     model_label,
     model_note,
-    next_token_nll,
+    prediction_mask,
     prompt_set_name,
 )
 from depthcurse.analyses.surgery import layer_order
@@ -158,9 +158,16 @@ def forward_logits(model: Any, tokens: torch.Tensor, attention_mask: torch.Tenso
 
 
 class CleanReference:
-    """Clean log-probabilities, NLL, top-1 tokens and scored positions of one batch.
+    """Clean probabilities, NLL, top-1 tokens and scored positions of one batch.
 
-    Computed once per batch and compared with every perturbed run of it.
+    Computed once per batch and compared with every perturbed run of it. With z
+    a row of logits, log Z = logsumexp(z) and p = softmax(z_clean):
+
+        -log q(next)  = log Z_q − z_q[next]
+        KL(p ‖ q)     = Σ p log p − Σ p log q = (<p, z_clean> − <p, z_q>) + (log Z_q − log Z_clean)
+
+    (Σ p = 1), so a comparison takes one exponential pass and one dot product per
+    row instead of a log-softmax, and equal logits give exactly zero.
     """
 
     def __init__(
@@ -168,24 +175,29 @@ class CleanReference:
         *, exclude_pos0: bool = True,
     ) -> None:
         self.tokens, self.attention_mask, self.exclude_pos0 = tokens, attention_mask, exclude_pos0
-        self.nll, self.mask = next_token_nll(
-            clean, tokens, attention_mask, exclude_pos0=exclude_pos0
-        )
-        self.log_p = torch.log_softmax(clean.float(), dim=-1)
+        self.mask = prediction_mask(attention_mask.to(clean.device), exclude_pos0=exclude_pos0)
+        self.p = torch.softmax(clean.float(), dim=-1)
+        self.log_z, self.dot, self.nll = self._row_terms(clean)
+        self.nll = self.nll * self.mask
         self.top1 = clean.argmax(-1)
+
+    def _row_terms(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return log Z, <p_clean, z> and the next-token NLL per position of `logits`."""
+        # One sequence at a time, so that the vocab-wide temporaries stay one sequence long.
+        log_z = torch.zeros(self.tokens.shape, dtype=torch.float32, device=logits.device)
+        dot, nll = torch.zeros_like(log_z), torch.zeros_like(log_z)
+        for row in range(logits.shape[0]):
+            z = logits[row].float()
+            log_z[row] = torch.logsumexp(z, dim=-1)
+            dot[row] = torch.linalg.vecdot(self.p[row], z)
+            next_tokens = self.tokens[row, 1:, None].to(z.device)
+            nll[row, :-1] = log_z[row, :-1] - z[:-1].gather(-1, next_tokens)[..., 0]
+        return log_z, dot, nll
 
     def compare(self, perturbed: torch.Tensor) -> dict[str, tuple[float, int]]:
         """Return summed metrics of `perturbed` logits and the scored-position count."""
-        # One sequence at a time, so that the vocab-wide temporaries stay one sequence
-        # long. The NLL is read from log_q, which is what `next_token_nll` computes.
-        nll_perturbed = torch.zeros(self.tokens.shape, dtype=torch.float32, device=perturbed.device)
-        kl = torch.zeros_like(nll_perturbed)
-        for row in range(perturbed.shape[0]):
-            log_q = torch.log_softmax(perturbed[row].float(), dim=-1)
-            next_tokens = self.tokens[row, 1:, None]
-            nll_perturbed[row, :-1] = -log_q[:-1].gather(-1, next_tokens)[..., 0]
-            log_p = self.log_p[row]
-            kl[row] = (log_p.exp() * (log_p - log_q)).sum(-1)
+        log_z, dot, nll_perturbed = self._row_terms(perturbed)
+        kl = (self.dot - dot) + (log_z - self.log_z)
         nll_perturbed = nll_perturbed * self.mask
         agree = (self.top1 == perturbed.argmax(-1)).float()
         mask = self.mask
@@ -263,7 +275,10 @@ def perturbations(
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     batches = batches_of(prompts, batch_size)
-    totals: list[dict[str, list[float]]] = [{} for _ in orders]
+    # Different kinds can give the same order (at block size 2, reversing block k swaps
+    # layers 2k and 2k + 1), so each distinct order runs once and all its rows share it.
+    distinct = list(dict.fromkeys(perturbation.order for perturbation in orders))
+    totals: list[dict[str, list[float]]] = [{} for _ in distinct]
 
     def add(index: int, metrics: dict[str, tuple[float, int]]) -> None:
         for metric, (value, count) in metrics.items():
@@ -271,7 +286,7 @@ def perturbations(
             total[0] += value
             total[1] += count
 
-    bar = tqdm(total=len(orders) * len(batches), desc="perturbations", disable=not progress)
+    bar = tqdm(total=len(distinct) * len(batches), desc="perturbations", disable=not progress)
     if engine == "prefix":
         for ids, mask in batches:
             stack = LayerStack(model, ids, mask)
@@ -279,23 +294,24 @@ def perturbations(
             reference = CleanReference(
                 clean.logits, stack.tokens, stack.attention_mask, exclude_pos0=exclude_pos0
             )
-            for index, perturbation in enumerate(orders):
-                add(index, reference.compare(prefix_logits(stack, clean, perturbation.order)))
+            for index, order in enumerate(distinct):
+                add(index, reference.compare(prefix_logits(stack, clean, order)))
                 bar.update()
     else:
         references = [
             CleanReference(forward_logits(model, ids, mask), ids, mask, exclude_pos0=exclude_pos0)
             for ids, mask in batches
         ]
-        for index, perturbation in enumerate(orders):
-            with layer_order(model, perturbation.order):
+        for index, order in enumerate(distinct):
+            with layer_order(model, order):
                 for (ids, mask), reference in zip(batches, references, strict=True):
                     add(index, reference.compare(forward_logits(model, ids, mask)))
                     bar.update()
     bar.close()
     rows = []
-    for perturbation, metrics in zip(orders, totals, strict=True):
-        for metric, (value, count) in metrics.items():
+    by_order = dict(zip(distinct, totals, strict=True))
+    for perturbation in orders:
+        for metric, (value, count) in by_order[perturbation.order].items():
             rows.append(
                 (
                     perturbation.level,

@@ -16,7 +16,10 @@ Modes:
   of the measure (`exclude_pos0=True`).
 - future: for each t of a seeded set per prompt (by default 4 draws from
   range(8, n − 4, 8)), skip at positions 1..t−1 and measure at positions t..n−1.
-  This isolates how later tokens use the computation of earlier ones.
+  This isolates how later tokens use the computation of earlier ones. With
+  `future_at="answer"`, t is instead each prompt's answer start (the
+  `answer_start` label of generated task prompts), one t per prompt, as
+  Csordás et al. do for multi-hop questions.
 
 Per prompt, values are reduced over measured positions and then over t by
 `reduction` (max, or mean); the table reports the max and the mean over prompts
@@ -61,6 +64,7 @@ from depthcurse.analyses.engine import (
 from depthcurse.analyses.surgery import PARTS, skipped
 
 MODES = ("current", "future")
+FUTURE_AT = ("grid", "answer")
 REDUCTIONS = ("max", "mean")
 ENGINES = ("prefix", "naive")
 NORM_FLOOR = 1e-6
@@ -105,20 +109,49 @@ def future_positions(
     return sorted(candidates[i] for i in chosen)
 
 
+def answer_starts(prompts: Any) -> list[int]:
+    """Return each prompt's `answer_start` label, checked to leave positions on both sides."""
+    missing = [p.name for p in getattr(prompts, "prompts", []) if "answer_start" not in p.labels]
+    if not hasattr(prompts, "prompts") or missing:
+        raise ValueError(
+            "future_at='answer' needs a PromptSet whose prompts carry an 'answer_start' label "
+            f"(generated task prompts do){'; missing in ' + ', '.join(missing[:3]) if missing else ''}"
+            "; use future_at='grid' for other text"
+        )
+    starts = []
+    for prompt in prompts.prompts:
+        t = int(prompt.labels["answer_start"])
+        if not 2 <= t < len(prompt.token_ids):
+            raise ValueError(
+                f"prompt {prompt.name!r} has answer_start {t} for {len(prompt.token_ids)} tokens; "
+                "future mode needs 2 <= answer_start < length (a skipped position before it "
+                "and an answer token at or after it)"
+            )
+        starts.append(t)
+    return starts
+
+
 def _masks(
     attention_mask: Tensor,
     mode: str,
     rng: np.random.Generator,
     n_positions: int,
     position_grid: tuple[int, int, int],
+    starts: list[int] | None = None,
 ) -> tuple[Bool[Tensor, "k batch pos"], Bool[Tensor, "k batch pos"]]:
-    """Return (skip positions, measured positions) for each of the k variants of the batch."""
+    """Return (skip positions, measured positions) for each of the k variants of the batch.
+
+    `starts` (future mode) gives one t per row instead of the seeded grid draws.
+    """
     real = attention_mask.bool()
     batch, width = real.shape
     index = torch.arange(width)
     if mode == "current":
         mask = real & (index >= 1)
         return mask[None], mask[None]
+    if starts is not None:
+        t = torch.tensor(starts)[:, None]
+        return ((index >= 1) & (index < t))[None], ((index >= t) & real)[None]
     start, stride, margin = position_grid
     skip = torch.zeros((n_positions, batch, width), dtype=torch.bool)
     measure = torch.zeros_like(skip)
@@ -228,13 +261,17 @@ def _prefix_batch(
             for begin in range(0, where[0].numel(), UNEMBED_ROWS):
                 run, row, pos = (index[begin : begin + UNEMBED_ROWS] for index in where)
                 logits = stack.logits(selected[run, row, pos]).float()
+                # softmax by hand, so that the removal NLL reads log Z = m + log Σ exp(z − m)
+                # instead of a second pass of log_softmax over the vocabulary.
+                peak = logits.amax(-1, keepdim=True)
+                probs = torch.exp(logits - peak)
+                total = probs.sum(-1, keepdim=True)
                 if removal_nll is not None:
-                    log_probs = torch.log_softmax(logits, dim=-1)
-                    picked = log_probs.gather(-1, next_tokens[row, pos][:, None])[:, 0]
-                    nll[run, row, pos] = -picked * scored[row, pos]
-                    del log_probs
-                probs = torch.softmax(logits, dim=-1)
+                    picked = logits.gather(-1, next_tokens[row, pos][:, None])
+                    log_z = peak + total.log()
+                    nll[run, row, pos] = (log_z - picked)[:, 0] * scored[row, pos]
                 del logits
+                probs.div_(total)
                 change[run, row, pos] = probs.sub_(clean_probs[row, pos]).norm(dim=-1)
             reduced = _reduce(change, masks, reduction)
             for index, (s, k) in enumerate(part_chunk):
@@ -365,6 +402,7 @@ def skip_effect_arrays(
     local: bool = False,
     n_positions: int = 4,
     position_grid: tuple[int, int, int] = (8, 8, 4),
+    future_at: str = "grid",
     seed: int = 123,
     engine: str = "prefix",
     batch_size: int = 8,
@@ -373,7 +411,8 @@ def skip_effect_arrays(
 ) -> SkipArrays:
     """Compute per-prompt skip effects (see the module docstring for the formulas).
 
-    `position_grid` is (start, stride, margin) of the future-mode positions;
+    `position_grid` is (start, stride, margin) of the future-mode positions, and
+    `future_at="answer"` uses each prompt's answer start instead (see the module docstring);
     `max_rows` caps how many sequences one stacked layer forward holds; `progress`
     shows a progress bar over batches on stderr.
     """
@@ -387,6 +426,7 @@ def skip_effect_arrays(
         local=local,
         n_positions=n_positions,
         position_grid=position_grid,
+        future_at=future_at,
         seed=seed,
         engine=engine,
         batch_size=batch_size,
@@ -405,6 +445,7 @@ def skip_effect_arrays_by_part(
     local: bool = False,
     n_positions: int = 4,
     position_grid: tuple[int, int, int] = (8, 8, 4),
+    future_at: str = "grid",
     seed: int = 123,
     engine: str = "prefix",
     batch_size: int = 8,
@@ -426,6 +467,8 @@ def skip_effect_arrays_by_part(
     _check_choice("mode", mode, MODES)
     _check_choice("reduction", reduction, REDUCTIONS)
     _check_choice("engine", engine, ENGINES)
+    _check_choice("future_at", future_at, FUTURE_AT)
+    starts = answer_starts(prompts) if mode == "future" and future_at == "answer" else None
     if removal_nll and (
         "layer" not in parts or mode != "current" or local or engine != "prefix"
     ):
@@ -443,10 +486,13 @@ def skip_effect_arrays_by_part(
     description = f"skip effects ({','.join(parts)}, {mode}{', local' if local else ''})"
     # Reduce over the t variants (axis 0) the same way as over positions.
     reduce = np.nanmax if reduction == "max" else np.nanmean
+    row = 0
     for tokens, attention_mask in tqdm(batches, desc=description, disable=not progress):
         stack = LayerStack(model, tokens, attention_mask)
         n_layers = stack.n_layers
-        skip, measure = _masks(attention_mask, mode, rng, n_positions, position_grid)
+        rows = None if starts is None else starts[row : row + len(tokens)]
+        row += len(tokens)
+        skip, measure = _masks(attention_mask, mode, rng, n_positions, position_grid, rows)
         clean = clean_run(stack)
         clean_forwards = stack.layer_forwards
         if removal_nll:
@@ -490,6 +536,7 @@ def skip_effects(
     local: bool = False,
     n_positions: int = 4,
     position_grid: tuple[int, int, int] = (8, 8, 4),
+    future_at: str = "grid",
     seed: int = 123,
     engine: str = "prefix",
     batch_size: int = 8,
@@ -512,6 +559,7 @@ def skip_effects(
         local=local,
         n_positions=n_positions,
         position_grid=position_grid,
+        future_at=future_at,
         seed=seed,
         engine=engine,
         batch_size=batch_size,
@@ -519,7 +567,8 @@ def skip_effects(
         progress=progress,
     )
     return skip_effects_from_arrays(
-        model, prompts, by_part, mode=mode, reduction=reduction, local=local, engine=engine
+        model, prompts, by_part, mode=mode, reduction=reduction, local=local, engine=engine,
+        future_at=future_at,
     )
 
 
@@ -532,6 +581,7 @@ def skip_effects_from_arrays(
     reduction: str = "max",
     local: bool = False,
     engine: str = "prefix",
+    future_at: str = "grid",
 ) -> pd.DataFrame:
     """Return the `skip_effects` table of arrays already computed on `model` and `prompts`.
 
@@ -543,6 +593,7 @@ def skip_effects_from_arrays(
     table.insert(0, "model", model_label(model))
     table.insert(1, "prompt_set", prompt_set_name(prompts))
     table["mode"] = mode
+    table["future_at"] = future_at if mode == "future" else None
     table["variant"] = "local" if local else "skip"
     table["reduction"] = reduction
     table["exclude_pos0"] = True
