@@ -60,8 +60,9 @@ class SuiteOptions:
     """Tokens per tuned-lens step; each step costs two unembeddings per layer per token."""
     eval_n_per_level: int = 40
     """Generated reasoning-primitive instances per task and level."""
-    eval_shots: int = 3
-    """Few-shot examples before each query."""
+    eval_shots: int | None = None
+    """Few-shot examples before each query. None: 3, or the most that fit the model's
+    context, per task (`depthcurse.evals.fit_to_context`); a number is used as given."""
     depth_score_per_level: bool = True
     """Also compute the depth score on the reasoning-primitive prompts of each level."""
     depth_score_prompts: int = 8
@@ -95,10 +96,11 @@ class SuiteOptions:
         }
         for name, low in minimum.items():
             value = getattr(self, name)
-            if name == "block_size" and value is None:
+            optional = name in ("block_size", "eval_shots")
+            if optional and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                fail(name, f"an integer >= {low}" + (" or none" if name == "block_size" else ""))
+                fail(name, f"an integer >= {low}" + (" or none" if optional else ""))
         if not isinstance(self.depth_score_per_level, bool):
             fail("depth_score_per_level", "true or false")
         if self.skip_mode not in ("current", "future"):

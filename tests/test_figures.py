@@ -84,6 +84,20 @@ def test_depth_score_future_prompts(tiny_checkpoints, tiny_suite_options):
     assert suite.first_prompts(prompts, 2).prompts == prompts.prompts[:2]
     assert suite.first_prompts(prompts, 9) is prompts
 
+
+def test_suite_evaluation_fits_shots_to_context(tiny_checkpoints, tiny_suite_options):
+    # eval_shots=None (the default) lets the suite's evaluation choose, per task, the most
+    # shots up to 3 whose prompts fit the model's 64 positions, instead of running past them.
+    import depthcurse
+
+    model = depthcurse.load(tiny_checkpoints["a"])
+    options = suite.SuiteOptions(**{**tiny_suite_options.to_dict(), "eval_shots": None})
+    assert suite.SuiteOptions().eval_shots is None
+    table = suite.run_suite(model, only=["evaluation"], options=options)["evaluation"]
+    assert not table.empty
+    assert table["shots"].between(0, 3).all()
+    assert table["shots"].min() < 3, "3-shot prompts do not fit 64 positions"
+
 @pytest.mark.slow
 def test_figures_single_model_smoke(suite_tables, tmp_path):
     suite.save_tables(suite_tables["a"], tmp_path / "tables")
