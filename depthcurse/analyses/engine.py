@@ -179,7 +179,8 @@ class CleanRun:
 
     resid: list[Tensor]
     mid: list[Tensor]
-    logits: Tensor
+    logits: Tensor | None
+    """None once a caller that needs only the clean probabilities has released them."""
 
     def delta(self, index: int) -> Float[Tensor, "batch pos d_model"]:
         """Return layer `index`'s contribution Δ = out − in, computed in float32."""
