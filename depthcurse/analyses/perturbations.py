@@ -36,7 +36,9 @@ forward of the model per perturbation with its layer list rearranged
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -177,29 +179,43 @@ class CleanReference:
         self.tokens, self.attention_mask, self.exclude_pos0 = tokens, attention_mask, exclude_pos0
         self.mask = prediction_mask(attention_mask.to(clean.device), exclude_pos0=exclude_pos0)
         self.p = torch.softmax(clean.float(), dim=-1)
-        self.log_z, self.dot, self.nll = self._row_terms(clean)
+        self.log_z, self.dot, self.nll, self.top1 = self._row_terms(clean)
         self.nll = self.nll * self.mask
-        self.top1 = clean.argmax(-1)
 
-    def _row_terms(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return log Z, <p_clean, z> and the next-token NLL per position of `logits`."""
-        # One sequence at a time, so that the vocab-wide temporaries stay one sequence long.
-        log_z = torch.zeros(self.tokens.shape, dtype=torch.float32, device=logits.device)
+    def _row_terms(
+        self, logits: torch.Tensor | Callable[[int], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return log Z, <p_clean, z>, the next-token NLL and the argmax per position.
+
+        `logits` is a (batch, pos, vocab) tensor or a function of the row index that
+        returns that row's (pos, vocab) logits, so that a caller can unembed one
+        sequence at a time and never hold the whole batch's logits.
+        """
+        row_logits = logits.__getitem__ if isinstance(logits, torch.Tensor) else logits
+        log_z = torch.zeros(self.tokens.shape, dtype=torch.float32, device=self.mask.device)
         dot, nll = torch.zeros_like(log_z), torch.zeros_like(log_z)
-        for row in range(logits.shape[0]):
-            z = logits[row].float()
+        top1 = torch.zeros(self.tokens.shape, dtype=torch.long, device=self.mask.device)
+        for row in range(self.tokens.shape[0]):
+            z = row_logits(row).float()
             log_z[row] = torch.logsumexp(z, dim=-1)
             dot[row] = torch.linalg.vecdot(self.p[row], z)
             next_tokens = self.tokens[row, 1:, None].to(z.device)
             nll[row, :-1] = log_z[row, :-1] - z[:-1].gather(-1, next_tokens)[..., 0]
-        return log_z, dot, nll
+            top1[row] = z.argmax(-1)
+        return log_z, dot, nll, top1
 
-    def compare(self, perturbed: torch.Tensor) -> dict[str, tuple[float, int]]:
-        """Return summed metrics of `perturbed` logits and the scored-position count."""
-        log_z, dot, nll_perturbed = self._row_terms(perturbed)
+    def compare(
+        self, perturbed: torch.Tensor | Callable[[int], torch.Tensor]
+    ) -> dict[str, tuple[float, int]]:
+        """Return summed metrics of `perturbed` logits and the scored-position count.
+
+        `perturbed` is the batch's logits or a function of the row index returning one
+        sequence's logits (see `_row_terms`).
+        """
+        log_z, dot, nll_perturbed, top1 = self._row_terms(perturbed)
         kl = (self.dot - dot) + (log_z - self.log_z)
         nll_perturbed = nll_perturbed * self.mask
-        agree = (self.top1 == perturbed.argmax(-1)).float()
+        agree = (self.top1 == top1).float()
         mask = self.mask
         count = int(mask.sum())
         return {
@@ -227,22 +243,29 @@ def unchanged_prefix(order: tuple[int, ...]) -> int:
     return p
 
 
-def prefix_logits(
+def prefix_residual(
     stack: LayerStack, clean: CleanRun, order: tuple[int, ...]
-) -> torch.Tensor:
-    """Return the logits of running the layers in `order`, reusing the clean run's prefix."""
+) -> torch.Tensor | None:
+    """Return the final residual of running the layers in `order`, reusing the clean prefix.
+
+    None for the unchanged order, whose result is the clean run itself.
+    """
     # NOTE: LayerStack builds one causal mask for all layers, while the surgery engine
     # reorders config.layer_types too. Models mixing sliding-window and full layers
     # would differ between the engines. smollm2-135m and depthcurse checkpoints use full
     # attention in every layer.
     start = unchanged_prefix(order)
     if start == len(order) == stack.n_layers:
-        return clean.logits
+        return None
     h = clean.resid[start]
     with torch.no_grad():
         for index in order[start:]:
             h = stack.layer(index, h)[2]
-        return stack.logits(h)
+    return h
+
+
+def _row_logits(stack: LayerStack, h: torch.Tensor, row: int) -> torch.Tensor:
+    return stack.logits(h[row])
 
 
 def perturbations(
@@ -295,7 +318,12 @@ def perturbations(
                 clean.logits, stack.tokens, stack.attention_mask, exclude_pos0=exclude_pos0
             )
             for index, order in enumerate(distinct):
-                add(index, reference.compare(prefix_logits(stack, clean, order)))
+                h = prefix_residual(stack, clean, order)
+                # Unembed one sequence at a time: the batch's perturbed logits would be
+                # another vocabulary-wide tensor (400 MiB at 8 x 256 tokens on smollm2).
+                perturbed = clean.logits if h is None else partial(_row_logits, stack, h)
+                with torch.no_grad():
+                    add(index, reference.compare(perturbed))
                 bar.update()
     else:
         references = [
