@@ -146,9 +146,10 @@ class RotaryFunction(torch.autograd.Function):
 
 
 def _rotate(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
-    # roll returns a new contiguous tensor, so the rest runs in place on it.
-    out = x.roll(x.shape[-1] // 2, dims=-1).mul_(signed_sin)
-    return out.addcmul_(x, cos)
+    # roll returns a new tensor, so the rest runs in place on it. The output
+    # takes the promoted dtype, as x * cos does (bfloat16 x, float32 tables).
+    out = x.roll(x.shape[-1] // 2, dims=-1).to(torch.promote_types(x.dtype, cos.dtype))
+    return out.mul_(signed_sin).addcmul_(x, cos)
 
 
 class Attention(nn.Module):

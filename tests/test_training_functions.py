@@ -80,6 +80,19 @@ def test_rotary_forward_matches_eager():
     torch.testing.assert_close(trained, eager, rtol=0, atol=1e-6)
 
 
+def test_rotary_bfloat16_input_promotes():
+    cos, sin = rotary_tables(12, 16, 10000.0)
+    x = torch.randn(2, 4, 12, 16).to(torch.bfloat16)
+    with torch.no_grad():
+        eager = apply_rotary(x, cos, sin)
+    trained = apply_rotary(x.requires_grad_(), cos, sin)
+    assert trained.dtype == torch.float32
+    # The same one-ulp float32 bound as for float32 input: only the rounding of a*b + c differs.
+    torch.testing.assert_close(trained, eager, rtol=0, atol=1e-6)
+    trained.sum().backward()
+    assert x.grad.dtype == torch.bfloat16
+
+
 def test_rotary_backward_is_inverse_rotation():
     # A rotation's adjoint is its inverse: rotating by +angle and then applying
     # the backward (rotation by -angle) gives back the input.
