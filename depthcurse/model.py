@@ -14,6 +14,10 @@ object, so a layer moved by depth growth takes the scale of its new position.
 The numerics follow transformers' `LlamaForCausalLM` (RMSNorm in float32, the
 rotate-half rotary convention, SwiGLU MLP, grouped-query attention), so a
 checkpoint exported by `depthcurse.checkpoint` reproduces our logits there.
+
+While gradients are recorded in eager mode, RMSNorm and the rotary embedding
+run as hand-written autograd functions with cheaper backwards (see
+`use_training_functions`). For float32 input their forwards match the plain ops to one ulp.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ def use_training_functions() -> bool:
 
 
 class RMSNormFunction(torch.autograd.Function):
-    """RMSNorm, weight * x / sqrt(mean(x^2) + eps), saving only x and 1/rms for backward.
+    """RMSNorm, weight * x / sqrt(mean(x^2) + eps), saving x, weight and 1/rms for backward.
 
     For float32, float16 and bfloat16 inputs the forward runs the same ops in
     the same order as `RMSNorm`'s eager path, so the outputs are bit-identical.
@@ -71,8 +75,8 @@ class RMSNormFunction(torch.autograd.Function):
         weight_compute = weight.to(rstd.dtype)
         rstd_rows = rstd.reshape(-1)
 
-        # One full-size product serves both row sums: dweight sums it weighted by
-        # r over the rows, and the mean of dy * weight * x is its product with weight.
+        # One full-size product dy * x serves both row sums. dweight is its sum over
+        # rows weighted by r, and sum(dy * weight * x) per row is its product with weight.
         grad_times_x = grad_rows * x_compute.reshape(-1, d_model)
         grad_weight = None
         if ctx.needs_input_grad[1]:
