@@ -130,23 +130,24 @@ class RotaryFunction(torch.autograd.Function):
     """Rotary embedding x * cos + rotate_half(x) * sin, saving only the tables for backward.
 
     rotate_half(x) * sin = cat(-x2, x1) * sin equals roll(x, half) * cat(-sin1, sin2),
-    so the forward needs one roll and two in-place ops. The backward assumes
-    the tables of `rotary_tables`, whose two halves hold the same angles: then
-    the map is a rotation and its backward is the rotation by the negative
-    angle, the same formula with -sin. No gradient flows to cos or sin.
+    so the forward needs one roll and two in-place ops. The backward applies the
+    transpose, dy * cos + roll(dy, half) * cat(sin2, -sin1), in the same form.
+    With the tables of `rotary_tables`, whose halves hold the same angles, that
+    is the rotation by the negative angle. No gradient flows to cos or sin.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         half = x.shape[-1] // 2
-        signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
-        ctx.save_for_backward(cos, signed_sin)
-        return _rotate(x, cos, signed_sin)
+        forward_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+        backward_sin = torch.cat((sin[..., half:], -sin[..., :half]), dim=-1)
+        ctx.save_for_backward(cos, backward_sin)
+        return _rotate(x, cos, forward_sin)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None, None]:
-        cos, signed_sin = ctx.saved_tensors
-        return _rotate(grad_out, cos, -signed_sin), None, None
+        cos, backward_sin = ctx.saved_tensors
+        return _rotate(grad_out, cos, backward_sin), None, None
 
 
 def _rotate(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:

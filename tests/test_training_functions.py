@@ -45,6 +45,14 @@ def test_rotary_gradcheck_float64():
     assert torch.autograd.gradcheck(RotaryFunction.apply, (x, cos.double(), sin.double()))
 
 
+def test_rotary_gradcheck_arbitrary_tables():
+    # Tables whose two halves differ: the backward must not rely on repeated angles.
+    cos = torch.randn(5, 8, dtype=torch.float64)
+    sin = torch.randn(5, 8, dtype=torch.float64)
+    x = torch.randn(2, 3, 5, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(RotaryFunction.apply, (x, cos, sin))
+
+
 def test_rotary_gradcheck_transposed_heads():
     # Attention passes q and k as (batch, pos, heads, d_head) storage viewed as (batch, heads, pos, d_head).
     cos, sin = rotary_tables(5, 8, 10000.0)
