@@ -14,6 +14,10 @@ object, so a layer moved by depth growth takes the scale of its new position.
 The numerics follow transformers' `LlamaForCausalLM` (RMSNorm in float32, the
 rotate-half rotary convention, SwiGLU MLP, grouped-query attention), so a
 checkpoint exported by `depthcurse.checkpoint` reproduces our logits there.
+
+While gradients are recorded in eager mode, RMSNorm and the rotary embedding
+run as hand-written autograd functions with cheaper backwards (see
+`use_training_functions`). For float32 input their forwards match the plain ops to one ulp.
 """
 
 from __future__ import annotations
@@ -28,6 +32,64 @@ from torch import Tensor, nn
 from depthcurse.config import ModelConfig
 
 
+def use_training_functions() -> bool:
+    """Return whether layers should run the hand-written autograd functions below.
+
+    They replace chains of small eager ops (and autograd's saved intermediates)
+    when gradients are recorded in eager mode. Without gradients the plain ops
+    run. Under torch.compile the plain ops run too, so inductor can fuse them.
+    """
+    return torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
+class RMSNormFunction(torch.autograd.Function):
+    """RMSNorm, weight * x / sqrt(mean(x^2) + eps), saving x, weight and 1/rms for backward.
+
+    For float32, float16 and bfloat16 inputs the forward runs the same ops in
+    the same order as `RMSNorm`'s eager path, so the outputs are bit-identical.
+    float64 inputs stay in float64 here, which gradcheck needs, while the eager
+    path computes in float32 as transformers does. The backward computes, with
+    x_hat = x * r and r = 1/rms,
+
+        dweight = sum over rows of dy * x_hat
+        dx = r * (dy * weight) - x * r^3 * mean(dy * weight * x)
+
+    where the row sums run as matrix products over one product dy * x.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        compute_dtype = torch.promote_types(x.dtype, torch.float32)
+        x_compute = x.to(compute_dtype)
+        rstd = torch.rsqrt(x_compute.pow(2).mean(-1, keepdim=True) + eps)
+        normed = (x_compute * rstd).to(x.dtype)
+        ctx.save_for_backward(x, weight, rstd)
+        return weight * normed
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        x, weight, rstd = ctx.saved_tensors
+        d_model = x.shape[-1]
+        x_compute = x.to(rstd.dtype)
+        grad_rows = grad_out.reshape(-1, d_model).to(rstd.dtype)
+        weight_compute = weight.to(rstd.dtype)
+        rstd_rows = rstd.reshape(-1)
+
+        # One full-size product dy * x serves both row sums. dweight is its sum over
+        # rows weighted by r, and sum(dy * weight * x) per row is its product with weight.
+        grad_times_x = grad_rows * x_compute.reshape(-1, d_model)
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = (rstd_rows @ grad_times_x).to(weight.dtype)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            coeff = (grad_times_x @ weight_compute) * rstd_rows.pow(3) / d_model
+            grad_x = (grad_rows * weight_compute).mul_(rstd.reshape(-1, 1))
+            grad_x.addcmul_(x_compute.reshape(-1, d_model), coeff.unsqueeze(-1), value=-1)
+            grad_x = grad_x.reshape(x.shape).to(x.dtype)
+        return grad_x, grad_weight, None
+
+
 class RMSNorm(nn.Module):
     def __init__(self, d_model: int, eps: float) -> None:
         super().__init__()
@@ -35,6 +97,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d_model))
 
     def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        if use_training_functions():
+            return RMSNormFunction.apply(x, self.weight, self.eps)
         input_dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -55,9 +119,42 @@ def rotary_tables(
 def apply_rotary(
     x: Float[Tensor, "batch heads pos d_head"], cos: Tensor, sin: Tensor
 ) -> Float[Tensor, "batch heads pos d_head"]:
+    if use_training_functions():
+        return RotaryFunction.apply(x, cos, sin)
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
+
+
+class RotaryFunction(torch.autograd.Function):
+    """Rotary embedding x * cos + rotate_half(x) * sin, saving only the tables for backward.
+
+    rotate_half(x) * sin = cat(-x2, x1) * sin equals roll(x, half) * cat(-sin1, sin2),
+    so the forward needs one roll and two in-place ops. The backward applies the
+    transpose, dy * cos + roll(dy, half) * cat(sin2, -sin1), in the same form.
+    With the tables of `rotary_tables`, whose halves hold the same angles, that
+    is the rotation by the negative angle. No gradient flows to cos or sin.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        half = x.shape[-1] // 2
+        forward_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+        backward_sin = torch.cat((sin[..., half:], -sin[..., :half]), dim=-1)
+        ctx.save_for_backward(cos, backward_sin)
+        return _rotate(x, cos, forward_sin)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None, None]:
+        cos, backward_sin = ctx.saved_tensors
+        return _rotate(grad_out, cos, backward_sin), None, None
+
+
+def _rotate(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+    # roll returns a new tensor, so the rest runs in place on it. The output
+    # takes the promoted dtype, as x * cos does (bfloat16 x, float32 tables).
+    out = x.roll(x.shape[-1] // 2, dims=-1).to(torch.promote_types(x.dtype, cos.dtype))
+    return out.mul_(signed_sin).addcmul_(x, cos)
 
 
 class Attention(nn.Module):
