@@ -407,7 +407,7 @@ def skip_effect_arrays(
     seed: int = 123,
     engine: str = "prefix",
     batch_size: int = 8,
-    max_rows: int = 64,
+    max_rows: int = 16,
     progress: bool = True,
 ) -> SkipArrays:
     """Compute per-prompt skip effects (see the module docstring for the formulas).
@@ -450,7 +450,7 @@ def skip_effect_arrays_by_part(
     seed: int = 123,
     engine: str = "prefix",
     batch_size: int = 8,
-    max_rows: int = 64,
+    max_rows: int = 16,
     progress: bool = True,
     removal_nll: bool = False,
 ) -> dict[str, SkipArrays]:
@@ -545,7 +545,7 @@ def skip_effects(
     seed: int = 123,
     engine: str = "prefix",
     batch_size: int = 8,
-    max_rows: int = 64,
+    max_rows: int = 16,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Return the skip-effect matrix and output effects as a tidy table.
