@@ -283,7 +283,7 @@ DtypeOption = Annotated[
     typer.Option(
         "--dtype",
         help="Dtype the model runs in: float32, or bfloat16 (about 2x faster on CPUs with "
-        "AVX-512 BF16, results differ by rounding). Metrics are float32 either way.",
+        "AVX-512 BF16, and results differ by rounding). Metrics are float32 either way.",
     ),
 ]
 
