@@ -524,3 +524,28 @@ def test_depth_score_caption_defines_sources():
     caption = describe_figure("depth_score").caption
     assert "From layer effects, e_s is the mean relative change" in caption
     assert "From output effects, e_s is ‖p_skip − p_clean‖₂" in caption
+
+
+def test_evaluation_legend_of_many_models():
+    # Ten models in two forms: the legend lists models and forms apart (10 + 2 + chance),
+    # and constrained layout must still fit the axes next to it.
+    import io
+    import warnings
+
+    from depthcurse.plots import runs
+
+    rows = [
+        {"model": f"variant{m}-seed0", "task": task, "form": form, "level": level,
+         "accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6, "chance": 0.1}
+        for m in range(10) for task in ("induction", "arithmetic")
+        for form in ("words", "symbols") for level in (1, 2, 3)
+    ]
+    fig = runs.plot_evaluation(pd.DataFrame(rows))
+    labels = [text.get_text() for text in fig.axes[-1].get_legend().get_texts()]
+    assert len(labels) == 13
+    assert "form: words" in labels
+    assert "variant9-seed0" in labels
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*constrained_layout not applied.*")
+        fig.savefig(io.BytesIO(), format="png", bbox_inches="tight")
+    assert fig.axes[0].get_position().height > 0.3

@@ -27,11 +27,14 @@ def plot_evaluation(table: pd.DataFrame) -> Figure:
     if table.empty or not needed <= set(table.columns):
         raise ValueError(f"evaluation table is empty or lacks columns {sorted(needed)}")
     tasks = list(dict.fromkeys(table["task"]))
-    fig = Figure(figsize=(3 * len(tasks), 2.8), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(tasks), sharey=True))
     models = list(dict.fromkeys(table["model"])) if "model" in table.columns else [None]
     forms = list(dict.fromkeys(table["form"])) if "form" in table.columns else [None]
     styles = ["-", "--", ":", "-."]
+    # The legend lists models (colours) and forms (line styles) apart, not every pair,
+    # and the figure grows with it: a legend taller than the axes collapses them.
+    entries = len(models) + len(forms) + 1
+    fig = Figure(figsize=(3 * len(tasks), max(2.8, 0.1 * entries + 0.8)), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(tasks), sharey=True))
     for ax, task in zip(axes, tasks, strict=True):
         rows = table[table["task"] == task]
         for m_index, model in enumerate(models):
@@ -47,11 +50,10 @@ def plot_evaluation(table: pd.DataFrame) -> Figure:
                 errors = np.vstack(
                     [curve["accuracy"] - curve["ci_low"], curve["ci_high"] - curve["accuracy"]]
                 )
-                label = " / ".join(str(x) for x in (model, form) if x is not None)
                 ax.errorbar(
                     curve["level"], curve["accuracy"], yerr=np.abs(errors), color=f"C{m_index}",
                     linestyle=styles[f_index % len(styles)], marker="o", markersize=3,
-                    capsize=2, elinewidth=0.6, label=label,
+                    capsize=2, elinewidth=0.6,
                 )
         if "chance" in rows.columns:
             chance = rows.groupby("level")["chance"].mean()
@@ -61,7 +63,14 @@ def plot_evaluation(table: pd.DataFrame) -> Figure:
         ax.set_xticks(sorted(rows["level"].unique()))
         ax.set_ylim(-0.02, 1.02)
     axes[0].set_ylabel("accuracy")
-    # Tasks may be asked in different forms, so gather the line styles of every panel.
+    # Empty lines on the last panel carry the legend: one per model and one per form.
+    for m_index, model in enumerate(models):
+        if model is not None:
+            axes[-1].plot([], [], color=f"C{m_index}", marker="o", markersize=3, label=str(model))
+    for f_index, form in enumerate(forms):
+        if form is not None:
+            axes[-1].plot([], [], color="0.4", linestyle=styles[f_index % len(styles)],
+                          label=f"form: {form}")
     legend_outside(axes[-1], gather=axes[:-1], fontsize=5)
     return fig
 
