@@ -65,13 +65,10 @@ def torch_dtype(name: str) -> Any:
 
 
 def cache_digest(source: str | Path, dtype: str = "float32") -> str:
-    """Return the cache key of a source's weights analysed in `dtype`, as `run_suite` forms it.
+    """Return the cache key of a source's weights analysed in `dtype`, as `run_suite` forms it."""
+    from depthcurse.suite import dtype_digest
 
-    float32 keeps the plain weight hash, so caches written before dtypes were an option
-    stay valid; other dtypes get their own key, because their results differ.
-    """
-    digest = source_digest(source)
-    return digest if dtype == "float32" else f"{digest}-{dtype}"
+    return dtype_digest(source_digest(source), dtype)
 
 
 def source_label(source: str | Path, model: Any) -> str:

@@ -190,10 +190,8 @@ def run_suite(
     names = check_analyses(only)
     label = label or model_label(model)
     dtype = model_dtype(model)
-    if model_digest is not None and dtype != "float32":
-        # Rounding changes the results, so each dtype has its own cache entries; float32
-        # keeps the plain weight hash that earlier caches were written under.
-        model_digest = f"{model_digest}-{dtype}"
+    if model_digest is not None:
+        model_digest = dtype_digest(model_digest, dtype)
     prompts = prompts if prompts is not None else suite_prompts(model, options)
     tables: dict[str, pd.DataFrame] = {}
     arguments = {"options": options.to_dict(), "prompts": prompt_fingerprint(prompts)}
@@ -226,6 +224,15 @@ def run_suite(
             continue
         compute(name, lambda name=name: _ANALYSIS_RUNNERS[name](model, prompts, options, shared))
     return tables
+
+
+def dtype_digest(digest: str, dtype: str) -> str:
+    """Return the cache key of weights with hash `digest` run in `dtype`.
+
+    Rounding changes the results, so each dtype has its own cache entries. float32 keeps
+    the plain weight hash, which caches written before dtypes were an option use.
+    """
+    return digest if dtype == "float32" else f"{digest}-{dtype}"
 
 
 def model_dtype(model: Any) -> str:
@@ -326,7 +333,7 @@ def _depth_score(model: Any, prompts: Any, options: SuiteOptions, shared: dict) 
     tables = [depth_score(model, validation, **common)]
     if options.depth_score_per_level:
         # Task prompts are intervened on at their answer start, one t per prompt, as
-        # Csordás et al. 2025 do for multi-hop questions: the score then asks how the
+        # Csordás et al. 2025 do for multi-hop questions: the score then measures how the
         # answer uses the computation over the question's tokens.
         levels = _primitive_level_sets(model, options)
         tables.append(depth_score(model, levels, future_at="answer", **common))
