@@ -111,12 +111,14 @@ def future_positions(
 
 def answer_starts(prompts: Any) -> list[int]:
     """Return each prompt's `answer_start` label, checked to leave positions on both sides."""
-    missing = [p.name for p in getattr(prompts, "prompts", []) if "answer_start" not in p.labels]
-    if not hasattr(prompts, "prompts") or missing:
+    fix = "Generated task prompts carry it. Use future_at='grid' for other text."
+    if not hasattr(prompts, "prompts"):
+        raise ValueError(f"future_at='answer' needs a PromptSet with 'answer_start' labels. {fix}")
+    missing = [p.name for p in prompts.prompts if "answer_start" not in p.labels]
+    if missing:
         raise ValueError(
-            "future_at='answer' needs a PromptSet whose prompts carry an 'answer_start' label "
-            f"(generated task prompts do){'; missing in ' + ', '.join(missing[:3]) if missing else ''}"
-            "; use future_at='grid' for other text"
+            f"prompts {', '.join(missing[:3])} have no 'answer_start' label, which "
+            f"future_at='answer' needs. {fix}"
         )
     starts = []
     for prompt in prompts.prompts:
