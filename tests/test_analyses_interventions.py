@@ -157,8 +157,24 @@ def test_skipping_nothing_reproduces_clean(bridge, prompts):
 
 def test_layer_stack_matches_bridge_bitwise(bridge, prompts):
     tokens, mask = _batch(prompts)
-    # The engine calls the bridge's own attention and MLP modules in the same order.
-    assert torch.equal(clean_run(LayerStack(bridge, tokens, mask)).logits, _logits(bridge, prompts))
+    # With the bridge's eager attention, the engine calls the bridge's own attention and
+    # MLP modules in the same order, so the logits are the same bit for bit.
+    eager = LayerStack(bridge, tokens, mask, attention_implementation="eager")
+    assert torch.equal(clean_run(eager).logits, _logits(bridge, prompts))
+
+
+def test_layer_stack_fused_attention_matches_bridge(bridge, prompts):
+    tokens, mask = _batch(prompts)
+    config = bridge.original_model.config
+    assert config._attn_implementation == "eager"
+    stack = LayerStack(bridge, tokens, mask)
+    assert stack.attention_implementation == "sdpa"
+    logits = clean_run(stack).logits
+    # The engine switches attention only inside its own calls.
+    assert config._attn_implementation == "eager"
+    reference = _logits(bridge, prompts)
+    assert not torch.equal(logits, reference)  # a different kernel, so it did run
+    torch.testing.assert_close(logits, reference, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("local", [False, True])

@@ -59,6 +59,7 @@ from depthcurse.analyses.engine import (
     prompt_set_name,
 )
 from depthcurse.analyses.surgery import layer_order
+from depthcurse.hardware import release_free_memory
 
 LEVELS = ("layer", "block")
 KINDS = ("identity", "remove", "swap", "reverse_inside", "reverse_middle", "shuffle_middle")
@@ -325,6 +326,8 @@ def perturbations(
                 with torch.no_grad():
                     add(index, reference.compare(perturbed))
                 bar.update()
+            del stack, clean, reference
+            release_free_memory()
     else:
         references = [
             CleanReference(forward_logits(model, ids, mask), ids, mask, exclude_pos0=exclude_pos0)
