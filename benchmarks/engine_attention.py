@@ -68,18 +68,16 @@ def main() -> None:
              "perturbations": perturbs}
     seconds: dict[tuple[str, str], list[float]] = {}
     results: dict[tuple[str, str], object] = {}
-    heap = reused_heap()
-    heap.__enter__()
-    for _ in range(args.rounds):
-        for setting in ("eager", "sdpa"):
-            engine.ENGINE_ATTENTION = setting
-            for name, task in tasks.items():
-                start = time.perf_counter()
-                results[name, setting] = task()
-                seconds.setdefault((name, setting), []).append(time.perf_counter() - start)
-                print(f"{name}, {setting}: {seconds[name, setting][-1]:.1f} s", flush=True)
-    engine.ENGINE_ATTENTION = "sdpa"
-    heap.__exit__(None, None, None)
+    with reused_heap():
+        for _ in range(args.rounds):
+            for setting in ("eager", "sdpa"):
+                engine.ENGINE_ATTENTION = setting
+                for name, task in tasks.items():
+                    start = time.perf_counter()
+                    results[name, setting] = task()
+                    seconds.setdefault((name, setting), []).append(time.perf_counter() - start)
+                    print(f"{name}, {setting}: {seconds[name, setting][-1]:.1f} s", flush=True)
+        engine.ENGINE_ATTENTION = "sdpa"
 
     print(f"\nsmollm2-135m, {args.prompts} prompts x {args.tokens} tokens, "
           f"{args.threads} threads, torch {torch.__version__}, "

@@ -236,8 +236,12 @@ class CleanRun:
         return self.resid[index + 1].float() - self.resid[index].float()
 
 
-def clean_run(stack: LayerStack) -> CleanRun:
-    """Run every layer once on the prepared batch and keep all residuals."""
+def clean_run(stack: LayerStack, *, logits: bool = True) -> CleanRun:
+    """Run every layer once on the prepared batch and keep all residuals.
+
+    `logits=False` leaves out the unembedding, for callers that unembed only some
+    positions of `resid[L]` themselves.
+    """
     resid, mid = [stack.embeddings], []
     with torch.no_grad():
         h = stack.embeddings
@@ -245,8 +249,8 @@ def clean_run(stack: LayerStack) -> CleanRun:
             attn_out, _, h = stack.layer(index, h)
             mid.append(resid[-1] + attn_out)
             resid.append(h)
-        logits = stack.logits(h)
-    return CleanRun(resid, mid, logits)
+        final_logits = stack.logits(h) if logits else None
+    return CleanRun(resid, mid, final_logits)
 
 
 def prediction_mask(

@@ -174,12 +174,24 @@ class CleanReference:
     """
 
     def __init__(
-        self, clean: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor,
-        *, exclude_pos0: bool = True,
+        self,
+        clean: torch.Tensor | Callable[[int], torch.Tensor],
+        tokens: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        exclude_pos0: bool = True,
     ) -> None:
+        """`clean` is the batch's clean logits, or a function of the row index that
+        returns one sequence's clean logits (see `_row_terms`)."""
         self.tokens, self.attention_mask, self.exclude_pos0 = tokens, attention_mask, exclude_pos0
-        self.mask = prediction_mask(attention_mask.to(clean.device), exclude_pos0=exclude_pos0)
-        self.p = torch.softmax(clean.float(), dim=-1)
+        self.mask = prediction_mask(attention_mask.to(tokens.device), exclude_pos0=exclude_pos0)
+        row_logits = clean.__getitem__ if isinstance(clean, torch.Tensor) else clean
+        first = torch.softmax(row_logits(0).float(), dim=-1)
+        self.p = first.new_empty((tokens.shape[0], *first.shape))
+        self.p[0] = first
+        del first
+        for row in range(1, tokens.shape[0]):
+            self.p[row] = torch.softmax(row_logits(row).float(), dim=-1)
         self.log_z, self.dot, self.nll, self.top1 = self._row_terms(clean)
         self.nll = self.nll * self.mask
 
@@ -314,19 +326,20 @@ def perturbations(
     if engine == "prefix":
         for ids, mask in batches:
             stack = LayerStack(model, ids, mask)
-            clean = clean_run(stack)
+            # Unembed one sequence at a time, the clean run too: the batch's logits would
+            # be a vocabulary-wide tensor of 384 MiB at 8 x 256 tokens on smollm2.
+            clean = clean_run(stack, logits=False)
+            clean_logits = partial(_row_logits, stack, clean.resid[-1])
             reference = CleanReference(
-                clean.logits, stack.tokens, stack.attention_mask, exclude_pos0=exclude_pos0
+                clean_logits, stack.tokens, stack.attention_mask, exclude_pos0=exclude_pos0
             )
             for index, order in enumerate(distinct):
                 h = prefix_residual(stack, clean, order)
-                # Unembed one sequence at a time: the batch's perturbed logits would be
-                # another vocabulary-wide tensor (400 MiB at 8 x 256 tokens on smollm2).
-                perturbed = clean.logits if h is None else partial(_row_logits, stack, h)
+                perturbed = clean_logits if h is None else partial(_row_logits, stack, h)
                 with torch.no_grad():
                     add(index, reference.compare(perturbed))
                 bar.update()
-            del stack, clean, reference
+            del stack, clean, clean_logits, reference
             release_free_memory()
     else:
         references = [

@@ -184,6 +184,45 @@ def _relative_change(
     return (delta.float() - clean_delta).norm(dim=-1) / floor
 
 
+@dataclass
+class CleanProbabilities:
+    """softmax(clean logits) in float32, kept only at the positions some variant measures."""
+
+    rows: Float[Tensor, "n vocab"]
+    slot: Tensor
+    """(batch, pos) index of each position's row in `rows`, −1 where nothing is measured."""
+
+    @classmethod
+    def at_positions(
+        cls, stack: LayerStack, clean: CleanRun, positions: Bool[Tensor, "batch pos"]
+    ) -> CleanProbabilities:
+        """Unembed the clean final residual at `positions`, UNEMBED_ROWS positions at a time.
+
+        No vocabulary-wide tensor of the whole batch is made: at 8 x 256 tokens of
+        smollm2 the clean logits and probabilities were 384 MiB each.
+        """
+        final = clean.resid[-1]
+        batch_index, pos_index = positions.to(final.device).nonzero(as_tuple=True)
+        slot = torch.full(positions.shape, -1, dtype=torch.long, device=final.device)
+        slot[batch_index, pos_index] = torch.arange(len(batch_index), device=final.device)
+        rows: Tensor | None = None
+        with torch.no_grad():
+            for begin in range(0, len(batch_index), UNEMBED_ROWS):
+                part = slice(begin, begin + UNEMBED_ROWS)
+                logits = stack.logits(final[batch_index[part], pos_index[part]])
+                probs = torch.softmax(logits.float(), dim=-1)
+                if rows is None:
+                    rows = probs.new_empty((len(batch_index), probs.shape[-1]))
+                rows[part] = probs
+        if rows is None:
+            vocab = stack.logits(final[:1, :1]).shape[-1]
+            rows = torch.empty((0, vocab), device=final.device)
+        return cls(rows, slot)
+
+    def at(self, row: Tensor, pos: Tensor) -> Tensor:
+        return self.rows[self.slot[row, pos]]
+
+
 def _output_change(logits: Tensor, clean_probs: Tensor, rows: int) -> Tensor:
     probs = torch.softmax(logits.float(), dim=-1).unflatten(0, (rows, -1))
     return probs.sub_(clean_probs).norm(dim=-1)
@@ -217,18 +256,18 @@ def _prefix_batch(
     measure: Tensor,
     reduction: str,
     max_rows: int,
-    clean_probs: Tensor,
+    clean_probs: CleanProbabilities,
     removal_nll: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Compute one batch's effects with the prefix engine.
 
-    `clean_probs` is softmax(clean logits) in float32. With `removal_nll` (float64, one
-    entry per layer), also add each skipped run's next-token NLL summed over the scored
-    positions, read from the same logits.
+    `clean_probs` holds softmax(clean logits) at every measured position. With
+    `removal_nll` (float64, one entry per layer), also add each skipped run's next-token
+    NLL summed over the scored positions, read from the same logits.
     """
     n_layers, batch = stack.n_layers, stack.batch
     n_k = skip.shape[0]
-    device = clean_probs.device
+    device = clean_probs.rows.device
     skip, measure = skip.to(device), measure.to(device)
     effect = torch.full((n_k, n_layers, n_layers, batch), float("nan"))
     output = torch.full((n_k, n_layers, batch), float("nan"))
@@ -245,8 +284,8 @@ def _prefix_batch(
 
     # Logits are batch × pos × vocab per run. Stacking many runs costs more in memory
     # traffic than it saves, so one unembedding call makes at most LOGIT_BUDGET logits.
-    vocab = clean_probs.shape[-1]
-    per_logits = max(1, min(per_forward, LOGIT_BUDGET // clean_probs[..., 0].numel() // vocab))
+    vocab = clean_probs.rows.shape[-1]
+    per_logits = max(1, min(per_forward, LOGIT_BUDGET // stack.tokens.numel() // vocab))
 
     if removal_nll is not None:
         next_tokens = torch.zeros_like(stack.tokens)
@@ -277,7 +316,7 @@ def _prefix_batch(
                     nll[run, row, pos] = (log_z - picked)[:, 0] * scored[row, pos]
                 del logits
                 probs.div_(total)
-                change[run, row, pos] = probs.sub_(clean_probs[row, pos]).norm(dim=-1)
+                change[run, row, pos] = probs.sub_(clean_probs.at(row, pos)).norm(dim=-1)
             reduced = _reduce(change, masks, reduction)
             for index, (s, k) in enumerate(part_chunk):
                 output[k, s] = reduced[index].cpu()
@@ -498,11 +537,15 @@ def skip_effect_arrays_by_part(
         rows = None if starts is None else starts[row : row + len(tokens)]
         row += len(tokens)
         skip, measure = _masks(attention_mask, mode, rng, n_positions, position_grid, rows)
-        clean = clean_run(stack)
-        # Every part compares with the clean distribution only: keep p and release the
-        # logits, one vocabulary-wide tensor less per batch (400 MiB at 8 x 256 tokens).
-        clean_probs = torch.softmax(clean.logits.float(), dim=-1)
-        clean.logits = None
+        # Every part compares with the clean distribution only, and only at the measured
+        # positions: the prefix engine keeps p there, without the clean logits.
+        if engine == "prefix":
+            clean = clean_run(stack, logits=False)
+            clean_probs: Any = CleanProbabilities.at_positions(stack, clean, measure.any(0))
+        else:
+            clean = clean_run(stack)
+            clean_probs = torch.softmax(clean.logits.float(), dim=-1)
+            clean.logits = None
         clean_forwards = stack.layer_forwards
         if removal_nll:
             if removal_totals is None:
