@@ -595,37 +595,6 @@ def test_release_free_memory_returns_heap_holes():
     assert float(dropped_mib) > 150, dropped_mib
 
 
-HEAP_PROBE = """
-import resource, torch
-from depthcurse.hardware import reused_heap
-torch.set_num_threads(1)
-def faults_of_allocations():
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
-        torch.ones(16 * 2**20)  # 64 MiB, above glibc's largest mmap threshold
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-with reused_heap() as reused:
-    faults_of_allocations()
-    inside = faults_of_allocations()
-after = faults_of_allocations()
-print(reused, inside, after)
-"""
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the malloc settings are glibc's")
-def test_reused_heap_spares_page_faults():
-    done = subprocess.run([sys.executable, "-c", HEAP_PROBE], env=cli_env(),
-                          check=True, capture_output=True, text=True)
-    reused, inside, after = done.stdout.split()
-    assert reused == "True"
-    # After the block each allocation is mapped afresh again: 5 x 16,384 pages fault.
-    assert int(after) > 80_000, after
-    # Inside it at least one of the five reuses freed pages. Glibc often reused only one
-    # (65,536 faults), because aligned allocations split the freed block, and sometimes
-    # all five (0 faults).
-    assert int(inside) <= int(after) - 16_000, (inside, after)
-
-
 def test_header_warns_when_warmup_outlasts_run(corpus, tmp_path):
     out = tmp_path / "run"
     train(run_config(corpus, warmup_steps=12), out)
