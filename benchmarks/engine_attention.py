@@ -1,6 +1,6 @@
 """Time the intervention engine with eager attention against fused attention (sdpa).
 
-The bridge's attention wrapper computes eager attention; `LayerStack` now calls
+The bridge's attention wrapper computes eager attention, and `LayerStack` calls
 the transformers module inside it with `scaled_dot_product_attention` instead
 (`depthcurse.analyses.engine.ENGINE_ATTENTION`). This script runs the same
 analyses on `smollm2-135m` with both settings, alternating them for `--rounds`

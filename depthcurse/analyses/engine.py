@@ -16,10 +16,11 @@ and its contribution is Δ = out − h. The bridge's attention and MLP modules a
 called directly, so the numbers match `bridge(tokens)` up to float rounding.
 The bridge's attention wrapper computes eager attention itself (to fire its
 score and pattern hooks), materialising every batch × head × query × key score.
-Unless told to run eager, the engine calls the transformers attention module
+Unless a caller requests eager attention, the engine calls the transformers attention module
 inside the wrapper instead, switched to PyTorch's fused
 `scaled_dot_product_attention` ("sdpa") for the duration of the call; on CPU its
-flash kernel ran a smollm2 attention about 3 times as fast as the unfused one.
+flash kernel ran a smollm2 attention over 16 x 256 tokens in 17.8 ms, against
+54.6 ms for the unfused math kernel.
 
 All metrics are computed in float32 whatever the model dtype.
 """
@@ -147,7 +148,7 @@ class LayerStack:
         self.layers = [unwrap_layer(block) for block in hf.model.layers]
         if self.attention_implementation is None:
             self.attention_implementation = engine_attention(hf.config)
-        # The bridge's wrapper runs eager attention whatever the config says, so any other
+        # The bridge's wrapper runs eager attention whatever the config sets, so any other
         # implementation calls the transformers module it wraps.
         self.attentions = [
             layer.self_attn
