@@ -35,6 +35,7 @@ from depthcurse.analyses.perturbations import (  # noqa: E402
 )
 from depthcurse.analyses.pruning import pruning_metrics  # noqa: E402
 from depthcurse.analyses.skip_effects import (  # noqa: E402
+    CleanProbabilities,
     skip_effect_arrays,
     skip_effect_arrays_by_part,
     skip_effects,
@@ -209,6 +210,20 @@ def test_batched_equals_one_by_one(bridge, prompts):
     single = skip_effect_arrays(bridge, prompts, mode="future", batch_size=1)
     np.testing.assert_allclose(batched.effect, single.effect, atol=ENGINE_ATOL, rtol=0)
     np.testing.assert_allclose(batched.output, single.output, atol=ENGINE_ATOL, rtol=0)
+
+
+def test_clean_probabilities_only_at_measured(bridge, prompts):
+    tokens, mask = _batch(prompts)
+    stack = LayerStack(bridge, tokens, mask)
+    positions = torch.zeros(tokens.shape, dtype=torch.bool)
+    positions[0, 3:7] = True
+    positions[2, 10] = True
+    clean = clean_run(stack)
+    probs = CleanProbabilities.at_positions(stack, clean, positions)
+    assert probs.rows.shape == (5, clean.logits.shape[-1])
+    assert int((probs.slot >= 0).sum()) == 5
+    expected = torch.softmax(clean.logits[positions], dim=-1)
+    torch.testing.assert_close(probs.at(*positions.nonzero(as_tuple=True)), expected)
 
 
 def test_shared_clean_run_matches_separate(bridge, prompts):
