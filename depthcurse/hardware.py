@@ -101,7 +101,7 @@ def release_free_memory() -> bool:
     Tensors up to glibc's mmap threshold (which rises to 32 MiB once such blocks are
     freed) live in the heap, and the pages of freed ones stay resident until reused.
     Holes between live blocks are never trimmed on their own, so an analysis suite's
-    resident memory drifts up from one analysis and batch to the next. Calling this
+    resident memory can drift up from one analysis and batch to the next. Calling this
     between them keeps it near the live memory. Returns False where the C library is
     not glibc.
     """
@@ -119,8 +119,8 @@ def reused_heap() -> Iterator[bool]:
     The analyses make tensors of tens to hundreds of MiB (logits over the
     vocabulary, stacked layer activations) thousands of times. By default glibc
     maps each one afresh and takes a page fault per 4 KiB: skip effects on 8 x 256
-    tokens of smollm2-135m took 12.6 million faults and 21 s of system time per
-    part. Inside this block blocks are reused as in `retain_freed_memory`. On exit
+    tokens of smollm2-135m took 12.6 to 16.8 million faults and 21 to 30 s of system
+    time per part. Inside this block blocks are reused as in `retain_freed_memory`. On exit
     the free pages go back to the kernel and glibc's default mmap and trim
     settings return, though its mmap threshold stays where it was instead of
     adapting. Yields False, changing nothing, where the C library is not glibc.
