@@ -18,7 +18,12 @@ from depthcurse.analyses.depth_score import (  # noqa: E402
     depth_score_of_matrix,
     depth_score_of_vector,
 )
-from depthcurse.analyses.engine import LayerStack, clean_run  # noqa: E402
+from depthcurse.analyses.engine import (  # noqa: E402
+    LayerStack,
+    clean_run,
+    next_token_nll,
+    residual_nll,
+)
 from depthcurse.analyses.linear_map import fit_linear_maps, linear_map  # noqa: E402
 from depthcurse.analyses.looping import loop_block, looped  # noqa: E402
 from depthcurse.analyses.periodicity import (  # noqa: E402
@@ -210,6 +215,43 @@ def test_batched_equals_one_by_one(bridge, prompts):
     single = skip_effect_arrays(bridge, prompts, mode="future", batch_size=1)
     np.testing.assert_allclose(batched.effect, single.effect, atol=ENGINE_ATOL, rtol=0)
     np.testing.assert_allclose(batched.output, single.output, atol=ENGINE_ATOL, rtol=0)
+
+
+def test_engine_records_no_autograd_graph(bridge, prompts):
+    # In grad mode, softmax rows built from graph-carrying logits kept every row's logits
+    # alive: 1.2 GiB more in one batch of perturbations on smollm2.
+    tokens, mask = _batch(prompts)
+    assert torch.is_grad_enabled()
+    assert any(parameter.requires_grad for parameter in bridge.parameters())
+    stack = LayerStack(bridge, tokens, mask)
+    clean = clean_run(stack, logits=False)
+    assert not clean.resid[-1].requires_grad
+    logits = stack.logits(clean.resid[-1][0])
+    assert not logits.requires_grad and logits.grad_fn is None
+
+
+def test_clean_run_without_mid_or_logits(bridge, prompts):
+    tokens, mask = _batch(prompts)
+    stack = LayerStack(bridge, tokens, mask)
+    full = clean_run(stack)
+    lean = clean_run(stack, logits=False, mid=False)
+    assert lean.mid == [] and lean.logits is None
+    assert len(full.mid) == N_LAYERS
+    assert len(lean.resid) == len(full.resid) == N_LAYERS + 1
+    for left, right in zip(lean.resid, full.resid, strict=True):
+        assert torch.equal(left, right)
+
+
+def test_residual_nll_matches_batch_logits(bridge, prompts):
+    tokens, mask = _batch(prompts)
+    stack = LayerStack(bridge, tokens, mask)
+    clean = clean_run(stack)
+    expected, expected_mask = next_token_nll(clean.logits, stack.tokens, stack.attention_mask)
+    nll, scored = residual_nll(stack, clean.resid[-1])
+    assert torch.equal(scored, expected_mask)
+    assert bool((nll[scored] > 0).all())
+    # One sequence's matmul may round differently from the batch's.
+    torch.testing.assert_close(nll, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_clean_probabilities_only_at_measured(bridge, prompts):

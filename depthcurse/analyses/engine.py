@@ -215,8 +215,14 @@ class LayerStack:
         return attn_out, mlp_out, mid + mlp_out
 
     def logits(self, h: Float[Tensor, "*rows d_model"]) -> Float[Tensor, "*rows vocab"]:
-        """Apply the final norm and unembedding to residuals after the last layer, any leading shape."""
-        return self.hf.lm_head(self.hf.model.norm(h))
+        """Apply the final norm and unembedding to residuals after the last layer, any leading shape.
+
+        Like `layer`, it records no autograd graph: under grad mode a caller that keeps
+        a function of the logits (a softmax row, say) would keep every logits tensor
+        of the batch alive with it.
+        """
+        with torch.no_grad():
+            return self.hf.lm_head(self.hf.model.norm(h))
 
 
 @dataclass
@@ -237,21 +243,24 @@ class CleanRun:
         return self.resid[index + 1].float() - self.resid[index].float()
 
 
-def clean_run(stack: LayerStack, *, logits: bool = True) -> CleanRun:
+def clean_run(stack: LayerStack, *, logits: bool = True, mid: bool = True) -> CleanRun:
     """Run every layer once on the prepared batch and keep all residuals.
 
     `logits=False` leaves out the unembedding, for callers that unembed only some
-    positions of `resid[L]` themselves.
+    positions of `resid[L]` themselves (see `residual_nll`). `mid=False` keeps no
+    mid-layer residuals (`CleanRun.mid` is then empty), for callers that only
+    restart from layer inputs: on smollm2 at 8 x 256 tokens they take 146 MB.
     """
-    resid, mid = [stack.embeddings], []
+    resid, mids = [stack.embeddings], []
     with torch.no_grad():
         h = stack.embeddings
         for index in range(stack.n_layers):
             attn_out, _, h = stack.layer(index, h)
-            mid.append(resid[-1] + attn_out)
+            if mid:
+                mids.append(resid[-1] + attn_out)
             resid.append(h)
         final_logits = stack.logits(h) if logits else None
-    return CleanRun(resid, mid, final_logits)
+    return CleanRun(resid, mids, final_logits)
 
 
 def prediction_mask(
@@ -282,6 +291,27 @@ def next_token_nll(
     nll[:, :-1] = -log_probs[:, :-1].gather(-1, tokens[:, 1:, None].to(logits.device))[..., 0]
     mask = prediction_mask(attention_mask.to(logits.device), exclude_pos0=exclude_pos0)
     return nll * mask, mask
+
+
+def residual_nll(
+    stack: LayerStack, h: Float[Tensor, "batch pos d_model"], *, exclude_pos0: bool = True
+) -> tuple[Float[Tensor, "batch pos"], Bool[Tensor, "batch pos"]]:
+    """Return `next_token_nll` of the residuals `h` after the last layer, one sequence at a time.
+
+    Equal to `next_token_nll(stack.logits(h), ...)`, but never holds more than one
+    sequence's logits: the batch's would be a vocabulary-wide tensor, 384 MiB at
+    8 x 256 tokens on smollm2, and its log-softmax as much again.
+    """
+    rows = [
+        next_token_nll(
+            stack.logits(h[row : row + 1]),
+            stack.tokens[row : row + 1],
+            stack.attention_mask[row : row + 1],
+            exclude_pos0=exclude_pos0,
+        )
+        for row in range(h.shape[0])
+    ]
+    return torch.cat([nll for nll, _ in rows]), torch.cat([mask for _, mask in rows])
 
 
 def batches_of(

@@ -55,7 +55,7 @@ def residual_streams(
         mask = stack.attention_mask.bool().clone()
         if exclude_pos0:
             mask[:, 0] = False
-        clean = clean_run(stack)
+        clean = clean_run(stack, logits=False, mid=False)
         if not per_layer:
             per_layer = [[] for _ in clean.resid]
         for index, h in enumerate(clean.resid):

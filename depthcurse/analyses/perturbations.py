@@ -328,7 +328,7 @@ def perturbations(
             stack = LayerStack(model, ids, mask)
             # Unembed one sequence at a time, the clean run too: the batch's logits would
             # be a vocabulary-wide tensor of 384 MiB at 8 x 256 tokens on smollm2.
-            clean = clean_run(stack, logits=False)
+            clean = clean_run(stack, logits=False, mid=False)
             clean_logits = partial(_row_logits, stack, clean.resid[-1])
             reference = CleanReference(
                 clean_logits, stack.tokens, stack.attention_mask, exclude_pos0=exclude_pos0

@@ -33,8 +33,8 @@ from depthcurse.analyses.engine import (
     clean_run,
     model_label,
     model_note,
-    next_token_nll,
     prompt_set_name,
+    residual_nll,
 )
 from depthcurse.analyses.skip_effects import SkipArrays
 
@@ -71,7 +71,7 @@ def pruning_metrics(
         if cos_sum is None:
             cos_sum, cos_count = np.zeros(n_layers), 0
             nll_removed_sum = np.zeros(n_layers)
-        clean = clean_run(stack)
+        clean = clean_run(stack, logits=False, mid=False)
         real = stack.attention_mask.bool()
         position_mask = real.clone()
         if exclude_pos0:
@@ -95,7 +95,7 @@ def pruning_metrics(
                 angle_sums[key] = angle_sums.get(key, 0.0) + float(angle.sum())
         n_prompts += stack.batch
 
-        nll, scored = next_token_nll(clean.logits, stack.tokens, stack.attention_mask, exclude_pos0=exclude_pos0)
+        nll, scored = residual_nll(stack, clean.resid[-1], exclude_pos0=exclude_pos0)
         nll_clean_sum += float(nll.sum())
         n_scored += int(scored.sum())
         if skip_arrays is not None:
@@ -108,9 +108,7 @@ def pruning_metrics(
                 h = torch.where(where, clean.resid[layer], clean.resid[layer + 1])
                 for later in range(layer + 1, n_layers):
                     h = stack.layer(later, h)[2]
-                removed, _ = next_token_nll(
-                    stack.logits(h), stack.tokens, stack.attention_mask, exclude_pos0=exclude_pos0
-                )
+                removed, _ = residual_nll(stack, h, exclude_pos0=exclude_pos0)
                 nll_removed_sum[layer] += float(removed.sum())
 
     if skip_arrays is not None:
