@@ -392,6 +392,37 @@ def test_batched_equals_unbatched(trained_model, prompts):
         )
 
 
+def test_token_chunks_do_not_change_results(trained_model, prompts, stats, monkeypatch):
+    # The test batches hold fewer tokens than one default chunk, so shrink the chunks
+    # to make the lens and similarity sums cross chunk and batch boundaries.
+    import importlib
+
+    # The package re-exports functions under the modules' names, so import the modules.
+    lens_module = importlib.import_module("depthcurse.analyses.logit_lens")
+    similarity_module = importlib.import_module("depthcurse.analyses.layer_similarity")
+
+    monkeypatch.setattr(lens_module, "TOKEN_CHUNK", 5)
+    monkeypatch.setattr(similarity_module, "TOKEN_CHUNK", 7)
+    chunked = collect_stream(trained_model, prompts, batch_size=3)
+    for name in ("logit_lens", "layer_similarity"):
+        left, right = getattr(chunked, name)(), getattr(stats, name)()
+        assert left["n_tokens"].tolist() == right["n_tokens"].tolist(), name
+        np.testing.assert_allclose(left["value"], right["value"], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_collect_residuals_match_hand(random_folder, prompts):
+    from depthcurse.analyses.tuned_lens import collect_residuals
+
+    model = depthcurse.load(random_folder)
+    residuals = collect_residuals(model, prompts, batch_size=3, exclude_pos0=True)
+    hand = hand_residuals(random_folder, prompts)
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(CONFIG.n_layers)]
+    expected = torch.stack([hand[name] for name in [*names, "ln_final.hook_in"]], dim=1)
+    assert residuals.dtype == torch.float32
+    assert residuals.shape == expected.shape
+    torch.testing.assert_close(residuals.double(), expected, rtol=PARITY_RTOL, atol=1e-5)
+
+
 def test_raw_token_batch_matches_promptset(trained_model, prompts):
     full = [p for p in prompts.prompts if len(p.token_ids) == 24]
     ids = torch.tensor([p.token_ids for p in full])

@@ -37,6 +37,10 @@ MODULES = {
 }
 
 
+TOKEN_CHUNK = 512
+"""Tokens per step of the pairwise sums; (tokens, layers, d_model) float32 is 37 MB on smollm2."""
+
+
 class PairCosineSum:
     """Sum over tokens of cos(x_i, x_j) for every pair of layers, with per-pair counts."""
 
@@ -68,8 +72,12 @@ class SimilarityAccumulator:
         self.resid = PairCosineSum()
 
     def update(self, h: list[Tensor], a: list[Tensor], m: list[Tensor]) -> None:
-        self.delta.add([attn + mlp for attn, mlp in zip(a, m, strict=True)])
-        self.resid.add(h)
+        # The sums are over tokens, so chunks of tokens add up to the whole batch. Whole,
+        # the stacked and normalised copies took 0.5 GiB (smollm2, 8 x 256 tokens).
+        for start in range(0, h[0].shape[0], TOKEN_CHUNK):
+            chunk = slice(start, start + TOKEN_CHUNK)
+            self.delta.add([attn[chunk] + mlp[chunk] for attn, mlp in zip(a, m, strict=True)])
+            self.resid.add([resid[chunk] for resid in h])
 
     def table(self, conventions: Conventions) -> pd.DataFrame:
         rows = matrix_rows(self.delta.matrix(), "delta", "cos(Δ_i, Δ_j), Δ_l = a_l + m_l")

@@ -32,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from depthcurse.analyses.common import Accumulator, Conventions, check_kl_direction, make_table
@@ -234,13 +234,26 @@ class LensAccumulator:
     def update(
         self,
         h: list[Tensor],
-        final_logits: Float[Tensor, "tokens vocab"],
+        final_logits: Float[Tensor, "tokens vocab"] | Float[Tensor, "batch pos vocab"],
         targets: Int[Tensor, " tokens"],
+        *,
+        keep: Bool[Tensor, "batch pos"] | None = None,
     ) -> None:
-        """Add one batch: residuals h_0..h_L (tokens, d_model), the model's logits, next tokens."""
-        for start in range(0, final_logits.shape[0], TOKEN_CHUNK):
+        """Add one batch: residuals h_0..h_L (tokens, d_model), the model's logits, next tokens.
+
+        With `keep`, `final_logits` are the batch's (batch, pos, vocab) logits and the
+        tokens are its positions where `keep` is true, in order. They are read one
+        chunk at a time, so the selected logits are never copied whole.
+        """
+        rows = None if keep is None else keep.nonzero(as_tuple=True)
+        n_tokens = h[0].shape[0]
+        for start in range(0, n_tokens, TOKEN_CHUNK):
             chunk = slice(start, start + TOKEN_CHUNK)
-            final = FinalDistribution.from_logits(final_logits[chunk])
+            chunk_logits = (
+                final_logits[chunk] if rows is None else final_logits[rows[0][chunk], rows[1][chunk]]
+            )
+            final = FinalDistribution.from_logits(chunk_logits)
+            del chunk_logits
             for layer, resid in enumerate(h):
                 if self.layers is not None and layer not in self.layers:
                     continue

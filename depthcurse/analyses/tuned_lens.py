@@ -118,18 +118,33 @@ def default_lens_path(model: Any) -> Path | None:
 def collect_residuals(
     model: Any, prompts: Any, *, batch_size: int, exclude_pos0: bool
 ) -> Float[Tensor, "tokens layers_plus_one d_model"]:
-    """Return h_0..h_L of the selected tokens of `prompts`, in float32."""
+    """Return h_0..h_L of the selected tokens of `prompts`, in float32.
+
+    The forward passes return no logits, and each cached residual is copied into
+    the result and dropped from the cache at once, so no batch's logits or second
+    copy of its cache are held (see `stream.float_tokens`).
+    """
     n_layers = model.cfg.n_layers
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)] + ["ln_final.hook_in"]
-    chunks = []
+    batches = list(token_batches(prompts, batch_size))
+    total = sum(int(selected_tokens(mask, exclude_pos0).sum()) for _, mask in batches)
     device = next(model.parameters()).device
-    for ids, mask in token_batches(prompts, batch_size):
+    result = torch.empty(
+        (total, len(names), model.cfg.d_model), dtype=torch.float32, device=device
+    )
+    start = 0
+    for ids, mask in batches:
         ids, mask = ids.to(device), mask.to(device)
         keep = selected_tokens(mask, exclude_pos0)
+        end = start + int(keep.sum())
         with torch.no_grad():
-            _, cache = model.run_with_cache(ids, names_filter=names, attention_mask=mask)
-        chunks.append(torch.stack([cache[name][keep].float() for name in names], dim=1))
-    return torch.cat(chunks)
+            _, cache = model.run_with_cache(
+                ids, names_filter=names, attention_mask=mask, return_type=None
+            )
+        for index, name in enumerate(names):
+            result[start:end, index] = cache.cache_dict.pop(name)[keep]
+        start = end
+    return result
 
 
 class _SoftTargetKL(torch.autograd.Function):
