@@ -667,6 +667,27 @@ def test_symmetry_reads_every_weight_source(bridge):
     assert from_state["model"].iloc[0] == ""
     assert symmetry_scores(model)["model"].iloc[0] == "DepthcurseLM"
 
+def test_module_weight_similarity_matches_hand(bridge):
+    from safetensors.torch import load_file
+
+    from depthcurse.analyses import weight_similarity as weight_table
+    from depthcurse.analyses.symmetry import weight_similarity
+
+    state = load_file(Path(bridge.depthcurse_info.source) / "model.safetensors")
+    vectors = torch.stack(
+        [state[f"model.layers.{layer}.self_attn.o_proj.weight"].flatten() for layer in range(N_LAYERS)]
+    ).double()
+    norms = vectors.norm(dim=-1, keepdim=True)
+    expected = (vectors @ vectors.T / (norms * norms.T).clamp_min(1e-12)).numpy()
+    expected[ZERO_LAYER] = expected[:, ZERO_LAYER] = 0.0  # the planted zero W_O has no direction
+    matrix = weight_similarity(bridge, "o")
+    np.testing.assert_allclose(matrix, expected, atol=1e-6)
+    assert matrix[ZERO_LAYER, ZERO_LAYER] == 0.0
+    table = weight_table(bridge)
+    w_o = table[table["metric"] == "W_O"].pivot(index="layer", columns="other_layer", values="value")
+    np.testing.assert_allclose(w_o.to_numpy(), expected, atol=1e-6)
+
+
 # --- linear maps ------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ weight matrices for as long as the copies stay close to their source.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
@@ -169,15 +170,41 @@ def layer_weights(model: Any) -> dict[str, list[Tensor]]:
     }
 
 
+def weight_grams(model: Any, modules: Iterable[str] | None = None) -> dict[str, Tensor]:
+    """Return each module's layer x layer Gram matrix <vec(W_i), vec(W_j)> in float64.
+
+    `model` is anything `layer_weights` reads; `modules` defaults to all of
+    `MODULES`. Only one module's stacked float32 weights exist at a time (106 MB
+    for smollm2's largest), and Gram matrices add up over modules, so the
+    similarity of several modules' concatenated weights never concatenates them.
+    """
+    weights = layer_weights(model)
+    grams = {}
+    for module in MODULES if modules is None else modules:
+        flat = torch.stack([w.detach().float().flatten() for w in weights[module]])
+        grams[module] = (flat @ flat.T).double()
+        del flat
+    return grams
+
+
+def gram_cosines(gram: Tensor) -> Tensor:
+    """Return the cosine matrix of a Gram matrix; a zero vector's cosines are 0."""
+    norms = gram.diagonal().clamp_min(0).sqrt().clamp_min(ZERO_NORM)
+    return gram / norms[:, None] / norms[None, :]
+
+
 def weight_similarity(model: Any, conventions: Conventions | None = None) -> pd.DataFrame:
-    """Return layer x layer cosine similarities of each module's flattened weights (float32)."""
+    """Return layer x layer cosine similarities of each module's flattened weights.
+
+    The products are float32 sums over each weight's entries; the cosines are
+    taken from them in float64 (see `weight_grams`).
+    """
     if conventions is None:
         conventions = Conventions.from_model(model, exclude_pos0=False, prepend_bos=None)
     rows = []
-    for module, weights in layer_weights(model).items():
-        flat = torch.stack([w.detach().float().flatten() for w in weights])
-        unit = flat / flat.norm(dim=-1, keepdim=True).clamp_min(ZERO_NORM)
-        rows += matrix_rows(unit @ unit.T, module, f"cos(vec({module}_i), vec({module}_j))")
+    for module, gram in weight_grams(model).items():
+        cosines = gram_cosines(gram)
+        rows += matrix_rows(cosines, module, f"cos(vec({module}_i), vec({module}_j))")
     table = make_table(rows, conventions, analysis="layer_similarity")
     table["n_tokens"] = 0
     return table

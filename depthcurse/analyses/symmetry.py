@@ -13,7 +13,9 @@ block size b from the growth history or given).
 
 `weight_similarity` builds S from the cosine similarity of one module's
 flattened weights (q, k, v, o, gate, up, down) or of all of them concatenated,
-read per layer by `depthcurse.analyses.layer_similarity.layer_weights`.
+read per layer by `depthcurse.analyses.layer_similarity.layer_weights`. The
+similarity of concatenated weights is computed from the sum of the modules' Gram
+matrices (`weight_grams`), so no concatenated copy of the weights is made.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pandas as pd
 import torch
 
 from depthcurse.analyses.engine import ArchitectureError, model_label, model_note
-from depthcurse.analyses.layer_similarity import layer_weights
+from depthcurse.analyses.layer_similarity import gram_cosines, weight_grams
 
 # The names of the symmetry table's `matrix` column, and the `layer_weights` module each reads.
 MODULES = {
@@ -57,19 +59,20 @@ def weight_similarity(model: Any, module: str = "all") -> np.ndarray:
     a transformers Llama-style causal LM or a state dict with transformers' Llama names.
     Module "all" concatenates the seven weight matrices of each layer.
     """
+    _check_module(module)
+    names = list(MODULES.values()) if module == "all" else [MODULES[module]]
+    return _similarity(weight_grams(model, names), module)
+
+
+def _check_module(module: str) -> None:
     if module != "all" and module not in MODULES:
         raise ValueError(f"module must be 'all' or one of {sorted(MODULES)}, got {module!r}")
-    weights = layer_weights(model)
-    names = list(MODULES.values()) if module == "all" else [MODULES[module]]
-    n_layers = len(weights[names[0]])
-    vectors = torch.stack(
-        [
-            torch.cat([weights[name][layer].detach().float().flatten() for name in names])
-            for layer in range(n_layers)
-        ]
-    )
-    vectors = torch.nn.functional.normalize(vectors, dim=-1)
-    return (vectors @ vectors.T).cpu().numpy().astype(np.float64)
+
+
+def _similarity(grams: dict[str, torch.Tensor], module: str) -> np.ndarray:
+    """Cosines of one module's weights, or of all modules' concatenated weights."""
+    gram = sum(grams.values()) if module == "all" else grams[MODULES[module]]
+    return gram_cosines(gram).cpu().numpy()
 
 
 def _label_and_note(source: Any) -> tuple[str, str]:
@@ -98,7 +101,10 @@ def symmetry_scores(
         matrices = {"matrix": np.asarray(source, dtype=np.float64)}
         label, note = "", ""
     else:
-        matrices = {m: weight_similarity(source, m) for m in modules}
+        for module in modules:
+            _check_module(module)
+        grams = weight_grams(source)
+        matrices = {m: _similarity(grams, m) for m in modules}
         label, note = _label_and_note(source)
         if block_size is None and getattr(source, "depthcurse_info", None) is not None:
             from depthcurse.analyses.perturbations import block_size_of
