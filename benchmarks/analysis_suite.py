@@ -21,7 +21,10 @@ Stages, each timed:
    and one `collect_stream` pass with the tuned lens, timed on their own.
 
 Peak memory is the process's maximum resident set size (`ru_maxrss`) after
-each stage, so it never decreases down the table.
+each stage, so it never decreases down the table. The stage's own peak is the
+largest resident set size a background thread saw during it, read from
+/proc/self/statm every 20 ms: it shows which stage sets the peak, and can miss
+a spike shorter than that.
 
     OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/analysis_suite.py
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/analysis_suite.py --quick --threads 1
@@ -33,6 +36,7 @@ import argparse
 import os
 import platform
 import resource
+import threading
 import time
 from pathlib import Path
 
@@ -52,6 +56,37 @@ PART2 = ("skip_effects", "depth_score", "perturbations", "pruning", "periodicity
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
+
+
+class ResidentSampler:
+    """Reads the resident set size every `interval` seconds in a daemon thread.
+
+    `window_peak()` returns the largest reading since its last call, in GiB.
+    """
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.lock = threading.Lock()
+        self.peak = self.read()
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def read(self) -> float:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * self.page / 2**30
+
+    def run(self) -> None:
+        while True:
+            value = self.read()
+            with self.lock:
+                self.peak = max(self.peak, value)
+            time.sleep(self.interval)
+
+    def window_peak(self) -> float:
+        value = self.read()
+        with self.lock:
+            peak, self.peak = max(self.peak, value), value
+        return peak
 
 
 def cpu_name() -> str:
@@ -137,10 +172,11 @@ def main() -> None:
         depth_score_per_level=not args.no_depth_score_per_level,
         depth_score_prompts=args.depth_score_prompts,
     )
-    timings: list[tuple[str, float, float]] = []
+    timings: list[tuple[str, float, float, float | None]] = []
+    sampler = ResidentSampler()
 
     def record(stage: str, start: float) -> None:
-        timings.append((stage, time.perf_counter() - start, peak_rss_gib()))
+        timings.append((stage, time.perf_counter() - start, peak_rss_gib(), sampler.window_peak()))
 
     start = time.perf_counter()
     model = depthcurse.load("smollm2-135m", dtype=getattr(torch, args.dtype))
@@ -168,11 +204,13 @@ def main() -> None:
     for part in (PART2, PART1):
         requested = [name for name in names if name in part]
         if requested:
-            seconds, part_tables = timed_suite(model, prompts, requested, options, timings)
+            seconds, part_tables = timed_suite(
+                model, prompts, requested, options, timings, sampler
+            )
             analysis_seconds.update(seconds)
             tables.update(part_tables)
             suite += sum(seconds.values())
-    timings.append(("**suite total (both parts)**", suite, peak_rss_gib()))
+    timings.append(("**suite total (both parts)**", suite, peak_rss_gib(), None))
 
     if args.part1_breakdown:
         part1_breakdown(model, options, prompts, record)
@@ -190,10 +228,11 @@ def main() -> None:
           f"depth_score_prompts={options.depth_score_prompts}, "
           f"future_prompts={options.future_prompts}, seed={options.seed}")
     print()
-    print("| stage | seconds | peak RSS (GiB) |")
-    print("|---|---:|---:|")
-    for stage, seconds, rss in timings:
-        print(f"| {stage} | {seconds:.1f} | {rss:.2f} |")
+    print("| stage | seconds | peak RSS so far (GiB) | peak RSS in stage (GiB) |")
+    print("|---|---:|---:|---:|")
+    for stage, seconds, rss, stage_peak in timings:
+        in_stage = "" if stage_peak is None else f"{stage_peak:.2f}"
+        print(f"| {stage} | {seconds:.1f} | {rss:.2f} | {in_stage} |")
     print()
     print(f"part 1: {part1:.1f} s, part 2: {part2:.1f} s, "
           f"load + suite: {timings[0][1] + suite:.1f} s")
@@ -202,32 +241,35 @@ def main() -> None:
     print("rows per table: " + ", ".join(f"{name} {len(t)}" for name, t in tables.items()))
 
 
-def timed_suite(model, prompts, names, options, timings) -> tuple[dict[str, float], dict]:
+def timed_suite(
+    model, prompts, names, options, timings, sampler
+) -> tuple[dict[str, float], dict]:
     """Run `run_suite` on `names`; append one timing row per analysis and print it at once."""
     from depthcurse.suite import run_suite
 
-    marks: list[tuple[str, float, float]] = []
+    marks: list[tuple[str, float, float, float]] = []
+    sampler.window_peak()
     tables = run_suite(
         model, prompts, only=names, options=options,
-        progress=lambda name: report_mark(marks, name),
+        progress=lambda name: report_mark(marks, name, sampler),
     )
-    report_mark(marks, None)
+    report_mark(marks, None, sampler)
     seconds = {}
-    for (name, begin, _), (_, end, rss) in zip(marks, marks[1:], strict=False):
+    for (name, begin, _, _), (_, end, rss, stage_peak) in zip(marks, marks[1:], strict=False):
         seconds[name] = end - begin
         # The first part-1 table also runs the shared collect_stream pass.
-        timings.append((f"suite: {name}", end - begin, rss))
+        timings.append((f"suite: {name}", end - begin, rss, stage_peak))
     return seconds, tables
 
 
-def report_mark(marks: list, name: str | None) -> None:
+def report_mark(marks: list, name: str | None, sampler: ResidentSampler) -> None:
     """Record the start of analysis `name` (None: the end) and print the one before it."""
-    now, rss = time.perf_counter(), peak_rss_gib()
+    now, rss, stage_peak = time.perf_counter(), peak_rss_gib(), sampler.window_peak()
     if marks:
-        previous, begin, _ = marks[-1]
-        print(f"done: {previous} in {now - begin:.1f} s, peak RSS {rss:.2f} GiB, "
-              f"load average {load_average()}", flush=True)
-    marks.append((name, now, rss))
+        previous, begin, _, _ = marks[-1]
+        print(f"done: {previous} in {now - begin:.1f} s, peak RSS {rss:.2f} GiB "
+              f"({stage_peak:.2f} in it), load average {load_average()}", flush=True)
+    marks.append((name, now, rss, stage_peak))
 
 
 def part1_breakdown(model, options, prompts, record) -> None:
