@@ -110,7 +110,10 @@ def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=20, help="evaluation prompts")
     parser.add_argument("--tokens", type=int, default=256, help="tokens per prompt")
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
+    parser.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size,
+        help="prompts per forward pass (default: the suite's)",
+    )
     parser.add_argument(
         "--lens-steps", type=int, default=defaults.tuned_lens_steps,
         help="tuned-lens training steps (default: the suite's)",

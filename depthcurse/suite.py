@@ -52,8 +52,10 @@ class SuiteOptions:
     """Validation-split prompts the analyses run on."""
     prompt_tokens: int = 128
     """Tokens per prompt (capped at the model's context length)."""
-    batch_size: int = 8
-    """Prompts per forward pass."""
+    batch_size: int = 4
+    """Prompts per forward pass. Memory grows with it: on smollm2 at 20 x 256 tokens
+    the whole suite peaked at 2.39 GiB with 4 and at 2.99 GiB with 8, which ran 2%
+    faster (one float32 run each on 2 CPU cores, `docs/benchmarks.md`)."""
     skip_parts: tuple[str, ...] = ("layer", "attn", "mlp")
     """Sublayers whose skip-effect matrices are computed."""
     skip_mode: str = "current"
