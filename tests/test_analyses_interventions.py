@@ -227,7 +227,8 @@ def test_engine_records_no_autograd_graph(bridge, prompts):
     clean = clean_run(stack, logits=False)
     assert not clean.resid[-1].requires_grad
     logits = stack.logits(clean.resid[-1][0])
-    assert not logits.requires_grad and logits.grad_fn is None
+    assert not logits.requires_grad
+    assert logits.grad_fn is None
 
 
 def test_clean_run_without_mid_or_logits(bridge, prompts):

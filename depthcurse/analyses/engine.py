@@ -298,7 +298,7 @@ def residual_nll(
 ) -> tuple[Float[Tensor, "batch pos"], Bool[Tensor, "batch pos"]]:
     """Return `next_token_nll` of the residuals `h` after the last layer, one sequence at a time.
 
-    Equal to `next_token_nll(stack.logits(h), ...)`, but never holds more than one
+    Equal to `next_token_nll(stack.logits(h), ...)`, but keeps at most one
     sequence's logits: the batch's would be a vocabulary-wide tensor, 384 MiB at
     8 x 256 tokens on smollm2, and its log-softmax as much again.
     """

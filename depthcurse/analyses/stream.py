@@ -108,8 +108,8 @@ def float_tokens(cache: Any, name: str, keep: Tensor) -> Tensor:
     """Remove one activation from `cache` and return its selected tokens as (tokens, d_model) float32.
 
     Taking the activation out of the cache frees it as soon as its selected copy
-    exists, so a batch's cache and its copies are never held whole side by side
-    (on smollm2 at 8 x 256 tokens each is 430 MB).
+    exists. So a batch's whole cache and all its copies never exist together (on
+    smollm2 at 8 x 256 tokens each is 430 MB).
     """
     return cache.cache_dict.pop(name)[keep].float()
 
