@@ -59,7 +59,7 @@ def peak_rss_gib() -> float:
 
 
 class ResidentSampler:
-    """Reads the resident set size every `interval` seconds in a daemon thread.
+    """Background reader of the resident set size, every `interval` seconds.
 
     `window_peak()` returns the largest reading since its last call, in GiB.
     """

@@ -236,7 +236,8 @@ def test_clean_run_without_mid_or_logits(bridge, prompts):
     stack = LayerStack(bridge, tokens, mask)
     full = clean_run(stack)
     lean = clean_run(stack, logits=False, mid=False)
-    assert lean.mid == [] and lean.logits is None
+    assert lean.mid == []
+    assert lean.logits is None
     assert len(full.mid) == N_LAYERS
     assert len(lean.resid) == len(full.resid) == N_LAYERS + 1
     for left, right in zip(lean.resid, full.resid, strict=True):

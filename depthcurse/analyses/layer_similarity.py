@@ -39,7 +39,8 @@ MODULES = {
 
 
 TOKEN_CHUNK = 512
-"""Tokens per step of the pairwise sums; (tokens, layers, d_model) float32 is 37 MB on smollm2."""
+"""Tokens per step of the pairwise sums. One step's (tokens, layers, d_model) float32
+tensor is 37 MB on smollm2."""
 
 
 class PairCosineSum:
@@ -171,10 +172,10 @@ def layer_weights(model: Any) -> dict[str, list[Tensor]]:
 
 
 def weight_grams(model: Any, modules: Iterable[str] | None = None) -> dict[str, Tensor]:
-    """Return each module's layer x layer Gram matrix <vec(W_i), vec(W_j)> in float64.
+    """Return each module's layer x layer Gram matrix <vec(W_i), vec(W_j)>.
 
-    `model` is anything `layer_weights` reads; `modules` defaults to all of
-    `MODULES`. Only one module's stacked float32 weights exist at a time (106 MB
+    The products are summed in float32 and returned as float64. `model` is
+    anything `layer_weights` reads, and `modules` defaults to all of `MODULES`. Only one module's stacked float32 weights exist at a time (106 MB
     for smollm2's largest), and Gram matrices add up over modules, so the
     similarity of several modules' concatenated weights never concatenates them.
     """
@@ -188,7 +189,7 @@ def weight_grams(model: Any, modules: Iterable[str] | None = None) -> dict[str, 
 
 
 def gram_cosines(gram: Tensor) -> Tensor:
-    """Return the cosine matrix of a Gram matrix; a zero vector's cosines are 0."""
+    """Return the cosine matrix of a Gram matrix. A zero vector's cosines are 0."""
     norms = gram.diagonal().clamp_min(0).sqrt().clamp_min(ZERO_NORM)
     return gram / norms[:, None] / norms[None, :]
 

@@ -86,7 +86,8 @@ class StreamStats:
 
 
 def residual_hook_names(n_layers: int, *, outputs: bool = True) -> list[str]:
-    """Hooks of the residuals h_l and the final residual; with `outputs`, also a_l and m_l."""
+    """Return the hook names of the residuals h_l and the final residual, and with
+    `outputs` also those of the attention and MLP outputs a_l and m_l."""
     sites = ("resid_pre", "attn_out", "mlp_out") if outputs else ("resid_pre",)
     names = ["ln_final.hook_in"]
     for layer in range(n_layers):

@@ -70,7 +70,7 @@ def _check_module(module: str) -> None:
 
 
 def _similarity(grams: dict[str, torch.Tensor], module: str) -> np.ndarray:
-    """Cosines of one module's weights, or of all modules' concatenated weights."""
+    """Return the cosines of one module's weights, or of all modules' concatenated weights."""
     gram = sum(grams.values()) if module == "all" else grams[MODULES[module]]
     return gram_cosines(gram).cpu().numpy()
 
